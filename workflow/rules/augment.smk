@@ -1,0 +1,25 @@
+rule augment:
+    input:
+        arrays=rules.convert.output.arrays,
+        fingerprint=rules.convert.output.fingerprint,
+        split=rules.split.output.split,
+    output:
+        plan="results/{dataset}/augment/plan.json",
+        preview=report(
+            "results/{dataset}/augment/preview.png",
+            caption="../report/augment.rst",
+            category="Augmentation",
+            labels={"dataset": "{dataset}"},
+        ),
+    log:
+        "logs/{dataset}/augment.log",
+    params:
+        settings=get_settings("augment"),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/augment.py"

@@ -1,0 +1,12 @@
+from snakescope.augment import write_plan_and_preview
+from snakescope.logs import log_to_file
+
+log_to_file(snakemake.log[0])
+write_plan_and_preview(
+    settings=snakemake.params.settings,
+    fingerprint_json=snakemake.input.fingerprint,
+    arrays_npz=snakemake.input.arrays,
+    split_json=snakemake.input.split,
+    plan_out=snakemake.output.plan,
+    preview_out=snakemake.output.preview,
+)

@@ -1,0 +1,20 @@
+from snakescope.config import TrainConfig
+from snakescope.logs import log_to_file
+from snakescope.train import fit
+
+log_to_file(snakemake.log[0])
+fit(
+    arrays_npz=snakemake.input.arrays,
+    samples_tsv=snakemake.input.samples,
+    split_json=snakemake.input.split,
+    plan_json=snakemake.input.plan,
+    fingerprint_json=snakemake.input.fingerprint,
+    cfg=TrainConfig.from_settings(
+        snakemake.params.settings, model=snakemake.wildcards.model, seed=int(snakemake.wildcards.seed)
+    ),
+    model_out=snakemake.output.model,
+    history_out=snakemake.output.history,
+    card_out=snakemake.output.card,
+    work_dir=snakemake.params.work_dir,
+    threads=snakemake.threads,
+)
