@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ DEFAULT_LOSS = {
     "regression": "mse",
 }
 DEFAULT_CLASSIFICATION_RESIZE = [224, 224]
+TASK_LOSSES = {
+    "classification": ("cross_entropy", "focal"),
+    "segmentation": ("dice_cross_entropy", "dice", "cross_entropy", "focal"),
+    "instance_segmentation": ("dice_cross_entropy", "dice", "cross_entropy", "focal"),
+    "regression": ("mse", "l1"),
+}
 
 
 class ConfigError(ValueError):
@@ -51,25 +58,94 @@ def _settings_properties(schema: dict) -> dict:
 def _check_known_keys(entry: dict, known: set[str], where: str) -> None:
     for key in entry:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{where}: unknown key '{key}'.{hint} Allowed keys: {', '.join(sorted(known))}."
+                f"{where}: unknown key '{key}'.{hint} Fix the spelling or remove the key; allowed keys: "
+                f"{', '.join(sorted(known))}."
             )
+
+
+_TYPE_NAMES = {
+    "integer": "a whole number",
+    "number": "a number",
+    "string": "a text",
+    "array": "a list",
+    "boolean": "true or false",
+    "null": "null",
+    "object": "a mapping",
+}
+
+
+def _allowed(schema: dict) -> str:
+    """What a schema accepts, in words: 'a whole number >= 1 (default 100)'."""
+    if "enum" in schema:
+        text = "one of " + ", ".join(str(v) for v in schema["enum"])
+    else:
+        types = schema.get("type", [])
+        types = types if isinstance(types, list) else [types]
+        text = " or ".join(_TYPE_NAMES.get(t, t) for t in types if t != "null") or "a value"
+        bounds = [
+            f"{sign} {schema[key]}"
+            for key, sign in (
+                ("minimum", ">="),
+                ("exclusiveMinimum", ">"),
+                ("maximum", "<="),
+                ("exclusiveMaximum", "<"),
+            )
+            if key in schema
+        ]
+        if bounds:
+            text += " " + " and ".join(bounds)
+        if "minItems" in schema or "maxItems" in schema:
+            low, high = schema.get("minItems", 0), schema.get("maxItems")
+            text += f" of {low} to {high} items" if high else f" of at least {low} items"
+        items = schema.get("items")
+        if isinstance(items, dict) and ("enum" in items or "type" in items):
+            text += f", each {_allowed(items)}"
+        if "null" in types:
+            text += ", or null"
+    if "default" in schema:
+        text += f" (default {yaml.safe_dump(schema['default'], default_flow_style=True).strip().removesuffix('...').strip()})"
+    return text
+
+
+def _describe(error: jsonschema.ValidationError, config: dict) -> str:
+    path = list(error.absolute_path)
+    where = "/".join(str(p) for p in path) or "config"
+    if not path and error.validator in ("anyOf", "required"):
+        missing = [key for key in ("task", "data_dir") if key not in config]
+        return (
+            f"config: {' and '.join(f'`{k}`' for k in missing) or 'a required key'} missing. Give `task` and "
+            "`data_dir` (the folder with your images), or a `datasets:` mapping of several datasets."
+        )
+    if "propertyNames" in error.absolute_schema_path:
+        return (
+            f"{where}: dataset name {error.instance!r} is not allowed. Use letters, digits, '_' and '-' "
+            "only, starting with a letter or digit (the name becomes a folder in results/)."
+        )
+    if error.validator == "enum":
+        close = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"{where}: got {error.instance!r}; allowed: {_allowed(error.schema)}.{hint}"
+    if error.validator == "required":
+        return f"{where}: {error.message}. Add it to this entry."
+    if error.validator == "additionalProperties":
+        return f"{where}: {error.message}. Allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}."
+    return f"{where}: got {error.instance!r} ({error.message}); allowed: {_allowed(error.schema)}."
 
 
 def _validate(config: dict, schema: dict) -> None:
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = []
-        for error in errors[:5]:
-            where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-            if error.validator in ("anyOf", "required") and not error.absolute_path:
-                lines.append("the config needs `task` and `data_dir`, or a `datasets:` mapping")
-            else:
-                lines.append(f"{where}: {error.message}")
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
+        lines = list(dict.fromkeys(_describe(error, config) for error in errors))
+        more = f"\n  ... and {len(lines) - 5} more" if len(lines) > 5 else ""
+        raise ConfigError(
+            "invalid configuration (see config/config.yaml for every key explained):\n  - "
+            + "\n  - ".join(lines[:5])
+            + more
+        )
 
 
 def resolve_datasets(config: dict, schema: dict | None = None, base_dir: Path | None = None) -> dict:
@@ -86,56 +162,97 @@ def resolve_datasets(config: dict, schema: dict | None = None, base_dir: Path | 
     """
     schema = schema or load_schema()
     properties = _settings_properties(schema)
+    layout_properties = set(schema["$defs"]["layout"]["properties"])
     known = set(properties) | {"datasets"}
     _check_known_keys(config, known, "config")
-    for name, entry in (config.get("datasets") or {}).items():
-        if isinstance(entry, dict):
-            _check_known_keys(entry, set(properties), f"datasets/{name}")
+    if isinstance(config.get("layout"), dict):
+        _check_known_keys(config["layout"], layout_properties, "layout")
+    datasets = config.get("datasets")
+    if isinstance(datasets, dict):
+        for name, entry in datasets.items():
+            if isinstance(entry, dict):
+                _check_known_keys(entry, set(properties), f"datasets/{name}")
+                if isinstance(entry.get("layout"), dict):
+                    _check_known_keys(entry["layout"], layout_properties, f"datasets/{name}/layout")
     _validate(config, schema)
 
+    base_dir = Path(base_dir) if base_dir else Path.cwd()
     global_settings = {k: copy.deepcopy(v) for k, v in config.items() if k != "datasets"}
-    if config.get("datasets"):
+    if datasets:
         if "data_dir" in config:
             raise ConfigError(
                 "config: give either top-level `data_dir` or a `datasets:` mapping, not both; "
                 "move the top-level data_dir into a dataset entry."
             )
-        entries = {name: {**global_settings, **copy.deepcopy(e)} for name, e in config["datasets"].items()}
+        entries = {name: {**global_settings, **copy.deepcopy(e)} for name, e in datasets.items()}
     else:
-        entries = {Path(str(config["data_dir"])).name or "data": global_settings}
+        entries = {_dataset_name(_resolve(base_dir, config["data_dir"])): global_settings}
 
-    base_dir = Path(base_dir) if base_dir else Path.cwd()
-    layout_defaults = {k: v["default"] for k, v in schema["$defs"]["layout"]["properties"].items() if "default" in v}
+    layout_defaults = {
+        k: v["default"] for k, v in schema["$defs"]["layout"]["properties"].items() if "default" in v
+    }
     return {
-        name: _fill_defaults(name, entry, properties, layout_defaults, base_dir) for name, entry in entries.items()
+        name: _fill_defaults(
+            name, entry, properties, layout_defaults, base_dir, f"datasets/{name}" if datasets else "config"
+        )
+        for name, entry in entries.items()
     }
 
 
-def _fill_defaults(name: str, entry: dict, properties: dict, layout_defaults: dict, base_dir: Path) -> dict:
+def _resolve(base_dir: Path, path: str) -> Path:
+    return (base_dir / Path(str(path)).expanduser()).resolve()
+
+
+def _dataset_name(data_dir: Path) -> str:
+    """The folder's name, made safe for results/<name>/ and Snakemake wildcards."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", data_dir.name).strip("_-")
+    return name or "data"
+
+
+def _as_int(value: Any, spec: dict) -> Any:
+    """YAML's `epochs: 10.0` passes the schema as an integer; make it a Python int."""
+    types = spec.get("type", [])
+    types = types if isinstance(types, list) else [types]
+    if "integer" in types and "number" not in types and isinstance(value, float) and value.is_integer():
+        return int(value)
+    items = spec.get("items")
+    if isinstance(value, list) and isinstance(items, dict):
+        return [_as_int(v, items) for v in value]
+    return value
+
+
+def _fill_defaults(
+    name: str, entry: dict, properties: dict, layout_defaults: dict, base_dir: Path, where: str
+) -> dict:
     settings = {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
-    settings.update(entry)
+    settings.update({key: _as_int(value, properties[key]) for key, value in entry.items()})
     task = settings["task"]
     settings["name"] = name
     settings.setdefault("models", [DEFAULT_MODEL[task]])
     settings.setdefault("loss", DEFAULT_LOSS[task])
     settings.setdefault("seeds", [settings["seed"]])
     settings["layout"] = {**layout_defaults, **settings.get("layout", {})}
-    if task == "classification" and settings["resize"] is None:
+    if task == "classification" and settings["resize"] is None and len(settings["patch_size"]) == 2:
         settings["resize"] = list(DEFAULT_CLASSIFICATION_RESIZE)
-    settings["data_dir"] = str((base_dir / settings["data_dir"]).resolve())
+    settings["data_dir"] = str(_resolve(base_dir, settings["data_dir"]))
     if settings["pretrained_weights"]:
-        settings["pretrained_weights"] = str((base_dir / settings["pretrained_weights"]).resolve())
-    if task == "classification" and settings["loss"] not in ("cross_entropy", "focal"):
+        settings["pretrained_weights"] = str(_resolve(base_dir, settings["pretrained_weights"]))
+    if settings["loss"] not in TASK_LOSSES[task]:
         raise ConfigError(
-            f"datasets/{name}: loss '{settings['loss']}' does not suit classification; use cross_entropy or focal."
+            f"{where}: loss '{settings['loss']}' does not suit {task}; use one of {list(TASK_LOSSES[task])} "
+            f"(default {DEFAULT_LOSS[task]})."
         )
-    if task == "regression" and settings["loss"] not in ("mse", "l1"):
-        raise ConfigError(f"datasets/{name}: loss '{settings['loss']}' does not suit regression; use mse or l1.")
     threshold = settings["threshold"]
     if isinstance(threshold, str) and threshold != "otsu":
-        raise ConfigError(f"datasets/{name}: threshold must be 'otsu' or a number in (0, 1), got '{threshold}'.")
+        raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got '{threshold}'.")
     if not isinstance(threshold, str) and not 0 < threshold < 1:
-        raise ConfigError(f"datasets/{name}: threshold must be in (0, 1), got {threshold}.")
+        raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got {threshold}.")
+    resize, patch_size = settings["resize"], settings["patch_size"]
+    if resize and len(resize) != len(patch_size):
+        raise ConfigError(
+            f"{where}: resize {resize} has {len(resize)} axes but patch_size {patch_size} has {len(patch_size)}; "
+            "give both as [height, width] for 2D images or [depth, height, width] for 3D volumes."
+        )
     return settings
 
 
@@ -184,11 +301,34 @@ class TrainConfig:
 # stage when one of its own settings changes (e.g. `epochs` retrains) but not for another stage's
 # (changing `epochs` does not reconvert the data).
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "convert": ("name", "task", "data_dir", "layout", "classes", "num_classes", "resize", "patch_size", "group_column"),
-    "split": ("task", "seed", "test_fraction", "val_fraction"),
+    "convert": (
+        "name",
+        "task",
+        "data_dir",
+        "layout",
+        "classes",
+        "num_classes",
+        "resize",
+        "patch_size",
+        "group_column",
+    ),
+    "split": ("task", "seed", "test_fraction", "val_fraction", "group_column"),
     "augment": ("name", "task", "seed", "normalisation", "augmentations", "patch_size"),
-    "train": ("task", "batch_size", "epochs", "patience", "learning_rate", "loss", "augmentations", "normalisation",
-              "patch_size", "dropout", "pretrained_weights", "max_batches_per_epoch", "device"),
+    "train": (
+        "task",
+        "batch_size",
+        "epochs",
+        "patience",
+        "learning_rate",
+        "loss",
+        "augmentations",
+        "normalisation",
+        "patch_size",
+        "dropout",
+        "pretrained_weights",
+        "max_batches_per_epoch",
+        "device",
+    ),
     "predict": ("threshold", "device"),
     "uncertainty": ("mc_samples", "device"),
 }
