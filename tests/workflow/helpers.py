@@ -1,0 +1,43 @@
+"""Run the real workflow from tests: one snakemake process per call, in its own working directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parents[2]
+SNAKEFILE = PROJECT / "workflow" / "Snakefile"
+
+
+def write_config(directory: Path, config: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_snakemake(workdir: Path, config_path: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run snakemake on `config_path` with results under `workdir`; returns the finished process."""
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(SNAKEFILE),
+        "--directory", str(workdir),
+        "--configfile", str(config_path),
+        "--cores", "2",
+        "--show-failed-logs",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT / "workflow" / "scripts")}
+    process = subprocess.run(command, capture_output=True, text=True, env=env)
+    if check and process.returncode != 0:
+        raise AssertionError(f"snakemake failed ({process.returncode}):\n{process.stdout[-6000:]}\n{process.stderr[-6000:]}")
+    return process
+
+
+def read_metrics(workdir: Path, dataset: str, model: str, seed: int = 0) -> dict:
+    return json.loads((workdir / f"results/{dataset}/{model}/seed{seed}/evaluate/metrics.json").read_text())

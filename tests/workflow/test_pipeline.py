@@ -1,0 +1,123 @@
+"""The whole pipeline, end to end, through snakemake, on real images and on the built-in demo."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from helpers import read_metrics, run_snakemake, write_config
+
+from snakescope.synthetic import write_demo_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory, shared_data):
+    """WBC classification (Zheng 2018, Dataset 1) and ISBI 2012 membranes, a few CPU epochs each."""
+    workdir = tmp_path_factory.mktemp("real")
+    config = {
+        "datasets": {
+            "wbc": {
+                "task": "classification",
+                "data_dir": str(shared_data / "wbc_zheng2018"),
+                "layout": {
+                    "images": "Dataset_1/*.bmp",
+                    "labels_csv": "Class_Labels_of_Dataset_1.csv",
+                    "filename_column": "image ID",
+                    "label_column": "class label",
+                    "filename_format": "{:03d}",
+                },
+                "resize": [64, 64],
+                "epochs": 8,
+            },
+            "isbi": {
+                "task": "segmentation",
+                "data_dir": str(shared_data / "isbi2012_em_membranes"),
+                "layout": {"images": "train/image/*.png", "masks": "train/label/*.png"},
+                "patch_size": [128, 128],
+                "batch_size": 8,
+                "epochs": 6,
+                "max_batches_per_epoch": 12,
+            },
+        },
+        "seed": 0,
+        "patience": 4,
+        "learning_rate": 0.001,
+        "augmentations": ["flip", "rotate90"],
+        "mc_samples": 10,
+    }
+    config_path = write_config(workdir, config)
+    run_snakemake(workdir, config_path)
+    return workdir
+
+
+def test_classification_beats_majority_class(real_run):
+    metrics = read_metrics(real_run, "wbc", "resnet50")
+    assert metrics["n_test"] >= 50
+    assert metrics["accuracy"] > metrics["baseline_accuracy"] + 0.05
+    assert metrics["balanced_accuracy"] > metrics["baseline_balanced_accuracy"] + 0.2
+    assert metrics["auc_ovr_macro"] > 0.75
+
+
+def test_segmentation_beats_all_background(real_run):
+    metrics = read_metrics(real_run, "isbi", "unet")
+    assert metrics["iou"] > metrics["baseline_iou"] + 0.15
+    assert metrics["pixel_accuracy"] > metrics["baseline_pixel_accuracy"]
+    assert metrics["dice"] > metrics["baseline_dice"]
+
+
+def test_every_stage_left_its_outputs(real_run):
+    run = real_run / "results/isbi/unet/seed0"
+    assert (real_run / "results/isbi/convert/fingerprint.json").is_file()
+    split = json.loads((real_run / "results/isbi/split/splits.json").read_text())
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 30
+    assert (real_run / "results/isbi/augment/preview.png").stat().st_size > 10_000
+    history = pd.read_csv(run / "train/history.tsv", sep="\t")
+    assert list(history["epoch"]) == list(range(1, len(history) + 1))
+    predictions = pd.read_csv(run / "predict/predictions.csv")
+    assert len(predictions) == len(split["test"])
+    for name in predictions["mask"]:
+        assert (run / "predict" / name).is_file()
+    uncertainty = json.loads((run / "uncertainty/summary.json").read_text())
+    assert uncertainty["mc_samples"] == 10
+    assert 0 <= uncertainty["mean_uncertainty"] <= 1
+    summary = pd.read_csv(real_run / "results/summary/metrics.tsv", sep="\t")
+    assert set(summary["dataset"]) == {"wbc", "isbi"}
+
+
+def test_uncertainty_tracks_error_on_classification(real_run):
+    run = real_run / "results/wbc/resnet50/seed0/uncertainty"
+    table = pd.read_csv(run / "uncertainty.csv")
+    assert table["uncertainty"].between(0, 1).all()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["accuracy_most_certain_20pct"] >= summary["accuracy_rest"]
+
+
+def test_report_builds(real_run):
+    config_path = real_run / "config.yaml"
+    run_snakemake(real_run, config_path, "--report", str(real_run / "report.html"))
+    html = (real_run / "report.html").read_text(errors="ignore")
+    assert "confusion_matrix" in html and "preview" in html
+
+
+def test_rerun_does_nothing(real_run):
+    process = run_snakemake(real_run, real_run / "config.yaml", "-n")
+    assert "Nothing to be done" in process.stdout + process.stderr
+
+
+def test_demo_default_job(tmp_path):
+    """The job `make run` runs, on the project's own generated cells, shortened to two epochs."""
+    data = write_demo_dataset(tmp_path / "cells", n_images=48, size=64, seed=0)
+    config = {
+        "datasets": {
+            "demo_classification": {"task": "classification", "data_dir": str(data), "resize": [64, 64]},
+            "demo_segmentation": {"task": "segmentation", "data_dir": str(data), "patch_size": [64, 64]},
+        },
+        "epochs": 2,
+        "mc_samples": 4,
+    }
+    run_snakemake(tmp_path, write_config(tmp_path, config))
+    assert read_metrics(tmp_path, "demo_segmentation", "unet")["n_test"] > 0
+    assert read_metrics(tmp_path, "demo_classification", "resnet50")["n_test"] > 0
