@@ -1046,7 +1046,7 @@ def tile_samples(
         if any(dropped):
             log.info("%s: tiles of %s leave %s pixel(s) per axis unused", sample.id, size, dropped)
         names = "zyx"[-len(spatial) :]
-        width = spatial[-1]
+        width = counts[-1] * size[-1]  # the tiled width; a dropped remainder does not count
         for corner in np.ndindex(*counts):
             starts = [c * t for c, t in zip(corner, size, strict=True)]
             slices = tuple(slice(a, a + t) for a, t in zip(starts, size, strict=True))
