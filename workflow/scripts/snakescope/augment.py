@@ -194,9 +194,11 @@ def write_plan_and_preview(settings: dict, fingerprint_json: str, arrays_npz: st
             for draw in range(n_draws):
                 augmented = transforms(item)
                 axes[row, 1 + draw].imshow(displayable(np.asarray(augmented["image"])))
-                if has_mask:
-                    axes[row, 1 + draw].contour(np.asarray(augmented["label"])[0] > 0, levels=[0.5],
-                                                colors="yellow", linewidths=0.5)
+                if has_mask and settings["task"] != "regression":  # a regression target has no outline
+                    outline = np.asarray(augmented["label"])[0] > 0
+                    if outline.ndim == 3:  # a volume: its middle slice, the one displayable() shows
+                        outline = outline[outline.shape[0] // 2]
+                    axes[row, 1 + draw].contour(outline, levels=[0.5], colors="yellow", linewidths=0.5)
     for axis in axes.ravel():
         axis.set_axis_off()
     axes[0, 0].set_title("original", fontsize=8)

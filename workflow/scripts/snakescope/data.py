@@ -18,7 +18,8 @@ def load_items(arrays_npz: str, samples: pd.DataFrame, ids: list[str], plan: dic
 
     Returns:
         dicts with "id", "image" (float32 C+spatial, normalised) and, when known, "label": an int class
-        index (classification) or an int64 1+spatial class map (segmentation).
+        index (classification), an int64 1+spatial class map (segmentation), or a float32 C+spatial
+        target scaled with ``plan["target_normalisation"]`` (regression, see snakescope.regression).
     """
     by_id = samples.set_index("id")
     items = []
@@ -27,6 +28,11 @@ def load_items(arrays_npz: str, samples: pd.DataFrame, ids: list[str], plan: dic
             item = {"id": sample_id, "image": normalise(arrays[f"image/{sample_id}"], plan)}
             if plan["task"] == "classification":
                 item["label"] = int(by_id.loc[sample_id, "label_index"])
+            elif plan["task"] == "regression" and f"target/{sample_id}" in arrays:
+                from snakescope.regression import as_channels_first, normalise_target
+
+                target = as_channels_first(arrays[f"target/{sample_id}"], plan["spatial_dims"])
+                item["label"] = normalise_target(target, plan["target_normalisation"])
             elif f"target/{sample_id}" in arrays:
                 item["label"] = arrays[f"target/{sample_id}"][None].astype(np.int64)
             items.append(item)
@@ -54,5 +60,6 @@ class ItemDataset(torch.utils.data.Dataset):
         out = {"image": image}
         if "label" in data:
             label = data["label"]
-            out["label"] = torch.as_tensor(np.ascontiguousarray(label) if not np.isscalar(label) else label).long()
+            label = torch.as_tensor(np.ascontiguousarray(label) if not np.isscalar(label) else label)
+            out["label"] = label if label.is_floating_point() else label.long()  # float: regression targets
         return out

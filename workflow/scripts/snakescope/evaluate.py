@@ -15,6 +15,7 @@ import pandas as pd
 
 from snakescope.io import read_json, save_figure, write_json, write_table
 from snakescope.plots import displayable
+from snakescope.regression import evaluate_regression, orthogonal_views
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ def evaluate_run(predict_dir: str, arrays_npz: str, samples_tsv: str, split_json
     predictions = predictions[predictions["id"].isin(test_ids)]
     if fingerprint["task"] == "classification":
         metrics, per_sample = _evaluate_classification(predictions, samples, split, fingerprint, out / "figures")
+    elif fingerprint["task"] == "regression":
+        metrics, per_sample = evaluate_regression(predictions, Path(predict_dir), arrays_npz, split, fingerprint,
+                                                  out / "figures")
     else:
         metrics, per_sample = _evaluate_segmentation(predictions, Path(predict_dir), arrays_npz, split, fingerprint,
                                                      out / "figures")
@@ -153,7 +157,12 @@ def _evaluate_segmentation(predictions, predict_dir: Path, arrays_npz, split, fi
             row.update({f"baseline_{k}": v for k, v in baseline.items()})
             rows.append(row)
             if len(examples) < 4:
-                examples.append((prediction["id"], arrays[f"image/{prediction['id']}"], truth, mask))
+                image = arrays[f"image/{prediction['id']}"]
+                if truth.ndim == 3:  # a volume: show three orthogonal central slices
+                    examples.append((prediction["id"], orthogonal_views(image), orthogonal_views(truth),
+                                     orthogonal_views(mask)))
+                else:
+                    examples.append((prediction["id"], image, truth, mask))
     per_sample = pd.DataFrame(rows)
     metrics = {k: float(per_sample[k].mean()) for k in per_sample.columns if k != "id"}
 

@@ -5,6 +5,8 @@
   CYX otherwise) and ``<id>_mask.tif`` (uint8 class indices, YX), plus ``predictions.csv`` listing them.
   Two-class masks are thresholded with Otsu's method on the foreground probability, as InstantDL
   does, or at a fixed threshold from the config; more classes take the most probable one.
+* regression -> per image ``<id>_pred.tif`` (float32, in the target's units: YX, or CYX for several
+  target channels; ZYX/CZYX for volumes), plus ``predictions.csv`` (`snakescope.regression`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from snakescope.data import load_items, read_samples
 from snakescope.io import read_json, write_table, write_tiff
+from snakescope.regression import denormalise_target, write_regression
 from snakescope.runtime import autocast_dtype, select_device
 from snakescope.train import load_trained, predict_logits
 
@@ -67,9 +70,17 @@ def predict_dataset(model_pt: str, arrays_npz: str, samples_tsv: str, split_json
         else:
             for index, item in enumerate(items):
                 image = torch.as_tensor(item["image"][None]).to(torch_device)
-                with torch.autocast(torch_device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    probabilities = torch.softmax(predict_logits(model, image, plan).float(), dim=1)[0].cpu().numpy()
-                row = write_segmentation(item["id"], probabilities, out, threshold)
+                # Regression runs in float32: bf16 keeps ~3 significant digits, visible in PSNR.
+                regression = plan["task"] == "regression"
+                with torch.autocast(torch_device.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None and not regression):
+                    logits = predict_logits(model, image, plan).float()
+                if regression:
+                    output = denormalise_target(logits[0].cpu().numpy(), plan["target_normalisation"])
+                    row = write_regression(item["id"], output, out)
+                else:
+                    probabilities = torch.softmax(logits, dim=1)[0].cpu().numpy()
+                    row = write_segmentation(item["id"], probabilities, out, threshold)
                 row["filename"] = Path(files[item["id"]]).name
                 rows.append(row)
                 if (index + 1) % 10 == 0:

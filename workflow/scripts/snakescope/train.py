@@ -26,6 +26,7 @@ from snakescope.config import TrainConfig
 from snakescope.data import ItemDataset, load_items, read_samples
 from snakescope.io import atomic_path, read_json, write_json, write_table
 from snakescope.models import ModelSpec, build_model, load_pretrained
+from snakescope.regression import fit_target_normalisation, input_residual, with_input_residual
 from snakescope.runtime import autocast_dtype, seed_everything, select_device
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,12 @@ def fit(
     plan = read_json(plan_json)
     fingerprint = read_json(fingerprint_json)
     split = read_json(split_json)
+    if cfg.task == "regression":
+        # Target scaling from the training split only; it travels in the saved plan, so predict and
+        # uncertainty map outputs back to the target's units (snakescope.regression).
+        plan = {**plan, "target_normalisation": fit_target_normalisation(arrays_npz, split["train"],
+                                                                         plan["spatial_dims"])}
+        plan["input_residual"] = input_residual(plan, fingerprint)  # None unless input ~ target units
     samples = read_samples(samples_tsv)
     work_dir = Path(work_dir or Path(model_out).parent)
     checkpoint_path = work_dir / "checkpoint_last.pt"
@@ -120,6 +127,7 @@ def fit(
     model = build_model(spec)
     if cfg.pretrained_weights:
         load_pretrained(model, cfg.pretrained_weights)
+    model = with_input_residual(model, plan)  # regression: learn the correction to the input
     model.to(device)
     if device.type == "cuda" and spec.spatial_dims == 2:
         model.to(memory_format=torch.channels_last)
@@ -216,7 +224,9 @@ def fit(
                   "channels": spec.in_channels, "normalisation": plan["normalisation"],
                   "size": fingerprint.get("resized_to") or plan.get("patch_size")},
         "output": {"classes": fingerprint.get("classes") or fingerprint.get("mask_values"),
-                   "kind": "logits"},
+                   "kind": "logits" if task != "regression" else "target scaled by target_normalisation",
+                   "target_normalisation": plan.get("target_normalisation"),
+                   "input_residual": plan.get("input_residual")},
         "training": {"seed": cfg.seed, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                      "best_val_loss": state["best_val_loss"], "early_stopped": state["stale_epochs"] >= cfg.patience,
                      "train_seconds": float(sum(r["seconds"] for r in state["history"])),
@@ -289,7 +299,7 @@ def _mean_foreground_dice(pred: torch.Tensor, truth: torch.Tensor, n_classes: in
 def load_trained(model_pt: str, device: torch.device) -> tuple[nn.Module, dict]:
     """Rebuild a model saved by `fit` (weights_only load) and return it with its saved metadata."""
     payload = torch.load(model_pt, map_location="cpu", weights_only=True)
-    model = build_model(ModelSpec(**payload["spec"]))
+    model = with_input_residual(build_model(ModelSpec(**payload["spec"])), payload["plan"])
     model.load_state_dict(payload["model"])
     model.to(device).eval()
     return model, payload

@@ -23,6 +23,7 @@ import torch
 from snakescope.data import load_items, read_samples
 from snakescope.io import read_json, save_figure, write_json, write_table, write_tiff
 from snakescope.models import Classifier, enable_mc_dropout
+from snakescope.regression import regression_uncertainty
 from snakescope.runtime import select_device
 from snakescope.train import load_trained, predict_logits
 
@@ -94,6 +95,9 @@ def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split
     if plan["task"] == "classification":
         frame = pd.DataFrame(_classification(model, items, payload["classes"], samples, torch_device))
         tracking = _tracks_error(frame["uncertainty"].to_numpy(), frame["correct"].to_numpy(), "images")
+    elif plan["task"] == "regression":
+        # per-pixel std of the de-normalised samples, in target units (snakescope.regression)
+        frame, tracking = regression_uncertainty(model, items, plan, samples, torch_device, out, arrays_npz)
     else:
         rows, pixel_uncertainty, pixel_correct = _segmentation(model, items, plan, samples, torch_device, out)
         frame = pd.DataFrame(rows)
@@ -103,7 +107,8 @@ def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split
                "mean_uncertainty": float(frame["uncertainty"].mean()), **tracking}
     write_table(frame, out / "uncertainty.csv")
     write_json(summary, out / "summary.json")
-    _figure(frame, out / "uncertainty_vs_error.png", plan["task"])
+    if plan["task"] != "regression":  # regression_uncertainty drew its own (error per std decile)
+        _figure(frame, out / "uncertainty_vs_error.png", plan["task"])
     log.info("MC dropout, %d samples, %d images in %.1f s: %s", samples, len(items), seconds, summary)
     return summary
 
