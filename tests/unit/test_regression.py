@@ -330,3 +330,102 @@ def test_volume_segmentation_with_foreground_masks_and_3d_tiles(tmp_path) -> Non
         assert arrays["image/img3d_y10_x20"].shape == (1, 12, 10, 10)
         mask = arrays["target/img3d_y10_x20"]
         np.testing.assert_array_equal(mask, (labels[:, 10:20, 20:30] > 0).astype(np.int64))
+
+
+# --- 3D regression, end to end through the package functions ------------------------------------------
+
+
+@pytest.mark.slow
+def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
+    """convert -> split -> plan -> train -> predict -> evaluate -> uncertainty on 3D volumes (CPU, seconds)."""
+    from snakescope.augment import write_plan_and_preview
+    from snakescope.config import TrainConfig, resolve_datasets
+    from snakescope.evaluate import evaluate_run
+    from snakescope.predict import predict_dataset
+    from snakescope.split import write_split
+    from snakescope.train import fit
+    from snakescope.uncertainty import estimate_uncertainty
+
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        clean = np.zeros((16, 32, 32), np.float32)
+        for _ in range(4):
+            z, y, x = rng.integers(2, 14), rng.integers(4, 28), rng.integers(4, 28)
+            clean[z - 2 : z + 2, y - 3 : y + 3, x - 3 : x + 3] += 100
+        noisy = clean + rng.normal(0, 20, clean.shape).astype(np.float32)
+        (tmp_path / "data" / "image").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "groundtruth").mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(tmp_path / "data" / "image" / f"v{index}.tif", noisy)
+        tifffile.imwrite(tmp_path / "data" / "groundtruth" / f"v{index}.tif", clean)
+    config = {
+        "task": "regression",
+        "data_dir": str(tmp_path / "data"),
+        "patch_size": [16, 32, 32],
+        "normalisation": "dataset_zscore",
+        "epochs": 2,
+        "batch_size": 4,
+        "learning_rate": 0.003,
+        "test_fraction": 0.34,
+        "mc_samples": 3,
+        "device": "cpu",
+    }
+    settings = next(iter(resolve_datasets(config).values()))
+    out = tmp_path / "results"
+    fingerprint = convert_dataset(settings, out / "arrays.npz", out / "samples.tsv", out / "fingerprint.json")
+    assert fingerprint["spatial_dims"] == 3 and fingerprint["target_channels"] == 1
+    write_split(str(out / "samples.tsv"), settings, str(out / "split.json"))
+    plan = write_plan_and_preview(
+        settings,
+        str(out / "fingerprint.json"),
+        str(out / "arrays.npz"),
+        str(out / "split.json"),
+        str(out / "plan.json"),
+        str(out / "preview.png"),
+    )
+    assert plan["patch_size"] == [16, 32, 32]
+    card = fit(
+        str(out / "arrays.npz"),
+        str(out / "samples.tsv"),
+        str(out / "split.json"),
+        str(out / "plan.json"),
+        str(out / "fingerprint.json"),
+        TrainConfig.from_settings(settings, "unet", 0),
+        str(out / "model.pt"),
+        str(out / "history.tsv"),
+        str(out / "card.json"),
+    )
+    assert card["output"]["input_residual"] is not None  # same units in and out, dataset-level normalisation
+    predict_dataset(
+        str(out / "model.pt"),
+        str(out / "arrays.npz"),
+        str(out / "samples.tsv"),
+        str(out / "split.json"),
+        str(out / "predict"),
+        device="cpu",
+    )
+    prediction = tifffile.imread(next((out / "predict").glob("*_pred.tif")))
+    assert prediction.shape == (16, 32, 32) and prediction.dtype == np.float32
+    record = evaluate_run(
+        str(out / "predict"),
+        str(out / "arrays.npz"),
+        str(out / "samples.tsv"),
+        str(out / "split.json"),
+        str(out / "fingerprint.json"),
+        str(out / "evaluate"),
+    )
+    assert record["baseline"] == "input" and record["n_test"] == 2
+    assert all(np.isfinite(record[k]) for k in ("mae", "psnr", "ssim", "pearson_r", "baseline_psnr"))
+    figures = out / "evaluate" / "figures"
+    assert (figures / "examples.png").is_file() and (figures / "per_image_boxplot.png").is_file()
+    summary = estimate_uncertainty(
+        str(out / "model.pt"),
+        str(out / "arrays.npz"),
+        str(out / "samples.tsv"),
+        str(out / "split.json"),
+        str(out / "uncertainty"),
+        samples=3,
+        device="cpu",
+    )
+    assert summary["n_images"] == 2 and "spearman_std_vs_abs_error" in summary
+    std_map = tifffile.imread(next((out / "uncertainty").glob("*_std.tif")))
+    assert std_map.shape == (16, 32, 32) and (std_map >= 0).all()
