@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from snakescope import __version__
-from snakescope.augment import build_train_transforms
 from snakescope.config import TrainConfig
-from snakescope.data import ItemDataset, load_items, read_samples
+from snakescope.data import TrainBatches, load_items, read_samples
 from snakescope.io import atomic_path, read_json, write_json, write_table
 from snakescope.models import ModelSpec, build_model, load_pretrained
 from snakescope.regression import fit_target_normalisation, input_residual, with_input_residual
@@ -120,7 +119,6 @@ def fit(
     checkpoint_path = work_dir / "checkpoint_last.pt"
 
     task = cfg.task
-    has_mask = task != "classification"
     out_channels = len(fingerprint["classes"]) if task == "classification" else (
         fingerprint["num_classes"] if task != "regression" else fingerprint.get("target_channels", 1))
     spec = ModelSpec(cfg.model, task, fingerprint["channels"], out_channels, fingerprint["spatial_dims"], cfg.dropout)
@@ -137,17 +135,10 @@ def fit(
 
     train_items = load_items(arrays_npz, samples, split["train"], plan)
     val_items = load_items(arrays_npz, samples, split["val"], plan)
-    transform = build_train_transforms(plan, has_mask)
-    train_set = ItemDataset(train_items, transform)
     loader_generator = torch.Generator()
-    # Workers pay off when augmentation is the bottleneck; on a 2-core machine they only compete with
-    # the training threads, so use them only when more than two threads were given.
-    num_workers = max(0, threads - 2)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=min(cfg.batch_size, len(train_set)), shuffle=True, drop_last=len(train_set) > cfg.batch_size,
-        num_workers=num_workers, pin_memory=device.type == "cuda", generator=loader_generator,
-        persistent_workers=num_workers > 0,
-    )
+    # The training set is held as tensors (on the GPU when it fits); flips and quarter turns run there
+    # in batch, other augmentations per image in `threads`-sized DataLoader workers (snakescope.data).
+    loader = TrainBatches(train_items, plan, cfg.batch_size, device, threads=threads, generator=loader_generator)
 
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale_epochs": 0, "history": []}
     run_hash = _config_hash(cfg, split, plan)
@@ -177,7 +168,6 @@ def fit(
         epoch_seed = cfg.seed * 100_003 + epoch
         torch.manual_seed(epoch_seed)
         loader_generator.manual_seed(epoch_seed)
-        transform.set_random_state(seed=epoch_seed % (2**32))
         started = time.perf_counter()
         train_loss, n_images = train_epoch(model, loader, optimizer, loss_fn, device, amp_dtype, cfg.max_batches_per_epoch)
         val_loss, val_score = validate(model, val_items, plan, loss_fn, device, amp_dtype)
@@ -243,7 +233,7 @@ def fit(
 def train_epoch(model, loader, optimizer, loss_fn, device, amp_dtype, max_batches=None) -> tuple[float, int]:
     """One pass over the training loader; returns (mean loss, images seen)."""
     model.train()
-    total, n_images = 0.0, 0
+    total, n_images = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch_index, batch in enumerate(loader):
         if max_batches and batch_index >= max_batches:
             break
@@ -257,9 +247,9 @@ def train_epoch(model, loader, optimizer, loss_fn, device, amp_dtype, max_batche
         loss = loss_fn(logits.float(), label)
         loss.backward()
         optimizer.step()
-        total += loss.detach().item() * image.shape[0]
+        total += loss.detach().double() * image.shape[0]  # summed on the device: no sync per step
         n_images += image.shape[0]
-    return total / max(n_images, 1), n_images
+    return total.item() / max(n_images, 1), n_images
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import torch
 
 from snakescope.data import load_items, read_samples
 from snakescope.io import read_json, save_figure, write_json, write_table, write_tiff
-from snakescope.models import Classifier, enable_mc_dropout
+from snakescope.models import Classifier, dropout_modules, enable_mc_dropout
 from snakescope.regression import regression_uncertainty
 from snakescope.runtime import select_device
 from snakescope.train import load_trained, predict_logits
@@ -39,39 +39,60 @@ def normalised_entropy(mean_probabilities: np.ndarray, axis: int = 0) -> np.ndar
     return -(p * np.log(p)).sum(axis=axis) / np.log(k)
 
 
+def _has_active_dropout(module: torch.nn.Module) -> bool:
+    return any(layer.p > 0 for layer in dropout_modules(module))
+
+
 @torch.no_grad()
-def mc_classify(model: torch.nn.Module, images: torch.Tensor, samples: int) -> torch.Tensor:
+def mc_classify(model: torch.nn.Module, images: torch.Tensor, samples: int, max_batch: int = 256) -> torch.Tensor:
     """MC-dropout class probabilities, (samples, N, K).
 
-    For a `Classifier`, features are computed once in eval mode and only the dropout head is sampled.
+    For a `Classifier` whose backbone has no active dropout, the features are computed once in eval mode
+    and the dropout head alone is sampled, all samples in one call (each row draws its own mask): exact,
+    and 20 samples cost about one forward pass. Otherwise the whole network is sampled, the images
+    repeated along the batch axis, at most `max_batch` rows per pass.
     """
-    if isinstance(model, Classifier):
+    n = images.shape[0]
+    if isinstance(model, Classifier) and not _has_active_dropout(model.features):
         model.eval()
         features = model.features(images)
         model.head.train()  # only Dropout in the head reacts to train mode
-        out = torch.stack([torch.softmax(model.head(features), dim=1) for _ in range(samples)])
-        model.eval()
-        return out
+        try:
+            logits = model.head(features.repeat(samples, *([1] * (features.ndim - 1))))
+        finally:
+            model.eval()
+        return torch.softmax(logits.float(), dim=-1).view(samples, n, -1)
     enable_mc_dropout(model)
-    out = torch.stack([torch.softmax(model(images), dim=1) for _ in range(samples)])
-    model.eval()
-    return out
+    per_pass = max(1, max_batch // max(n, 1))
+    outputs = []
+    try:
+        for start in range(0, samples, per_pass):
+            k = min(per_pass, samples - start)
+            logits = model(images.repeat(k, *([1] * (images.ndim - 1))))
+            outputs.append(torch.softmax(logits.float(), dim=-1).view(k, n, -1))
+    finally:
+        model.eval()
+    return torch.cat(outputs)
 
 
 @torch.no_grad()
-def mc_segment(model: torch.nn.Module, image: torch.Tensor, plan: dict, samples: int, batch: int = 4) -> torch.Tensor:
+def mc_segment(model: torch.nn.Module, image: torch.Tensor, plan: dict, samples: int, batch: int = 16) -> torch.Tensor:
     """MC-dropout probabilities for one image (1, C, *spatial): returns (samples, K, *spatial).
 
-    The image is repeated along the batch axis so `batch` samples run in one pass; each batch element
-    draws its own dropout masks.
+    The image is repeated along the batch axis so `batch` samples run in one pass, and the sliding
+    window (when the plan has a patch size) feeds `batch` windows per forward pass; each batch element
+    draws its own dropout masks, and the networks normalise per image (instance norm) or with fixed
+    statistics (batch norm in eval mode), so a batch of samples equals the same samples one by one.
     """
     enable_mc_dropout(model)
     outputs = []
-    for start in range(0, samples, batch):
-        n = min(batch, samples - start)
-        logits = predict_logits(model, image.expand(n, *image.shape[1:]), plan, batch_size=4)
-        outputs.append(torch.softmax(logits.float(), dim=1).cpu())
-    model.eval()
+    try:
+        for start in range(0, samples, batch):
+            n = min(batch, samples - start)
+            logits = predict_logits(model, image.expand(n, *image.shape[1:]), plan, batch_size=batch)
+            outputs.append(torch.softmax(logits.float(), dim=1).cpu())
+    finally:
+        model.eval()
     return torch.cat(outputs)
 
 

@@ -1,0 +1,183 @@
+"""The training data path (snakescope.data.TrainBatches): exact batched flips/turns, repeatable epochs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from snakescope.augment import AUGMENTATION_DEFAULTS
+from snakescope.data import BatchAugment, TrainBatches
+
+
+def _plan(task: str, augmentations: list[str], patch: list[int] | None = None) -> dict:
+    return {
+        "task": task,
+        "spatial_dims": 2,
+        "channels": 1,
+        "normalisation": "none",
+        "patch_size": patch,
+        "augmentations": [{"name": a, **AUGMENTATION_DEFAULTS[a]} for a in augmentations],
+        "seed": 0,
+        "dataset_mean": [0.0],
+        "dataset_std": [1.0],
+    }
+
+
+def _segmentation_items(n: int = 10, size: int = 20, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "id": str(i),
+            "image": rng.random((1, size, size), dtype=np.float32),
+            "label": rng.integers(0, 3, (1, size, size)).astype(np.int64),
+        }
+        for i in range(n)
+    ]
+
+
+def test_batched_flips_and_turns_equal_per_image_ones():
+    augment = BatchAugment(_plan("segmentation", ["flip", "rotate90"]))
+    x, y = torch.randn(32, 2, 6, 6), torch.randint(0, 3, (32, 1, 6, 6))
+    params = augment.draw(32, torch.Generator().manual_seed(0))
+    out_x, out_y = augment([x, y], params)
+    assert set(params["k"].tolist()) == {0, 1, 2, 3}
+    for i in range(32):
+        xi, yi = x[i], y[i]
+        for axis in range(2):
+            if params["flips"][i, axis]:
+                xi, yi = xi.flip(1 + axis), yi.flip(1 + axis)
+        k = int(params["k"][i])
+        assert torch.equal(out_x[i], torch.rot90(xi, k, (1, 2)))
+        assert torch.equal(out_y[i], torch.rot90(yi, k, (1, 2)))
+
+
+def test_draw_probabilities_match_monai_defaults():
+    augment = BatchAugment(_plan("segmentation", ["flip", "rotate90"]))
+    params = augment.draw(20_000, torch.Generator().manual_seed(1))
+    assert abs(params["flips"].float().mean().item() - 0.5) < 0.02
+    turned = params["k"] > 0
+    assert abs(turned.float().mean().item() - 0.5) < 0.02
+    counts = torch.bincount(params["k"][turned], minlength=4)[1:].float() / turned.sum()
+    assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.02)  # RandRotate90(max_k=3): k in 1..3
+
+
+@pytest.mark.parametrize("augmentations", [["flip", "rotate90"], ["flip", "rotate90", "gaussian_noise"]])
+def test_epochs_repeat_for_a_seed_and_differ_between_epochs(augmentations):
+    items = _segmentation_items()
+
+    def run(threads: int) -> list[torch.Tensor]:
+        generator = torch.Generator()
+        batches = TrainBatches(
+            items * 2,
+            _plan("segmentation", augmentations, [16, 16]),
+            4,
+            "cpu",
+            threads=threads,
+            generator=generator,
+        )
+        out = []
+        for epoch in range(2):
+            generator.manual_seed(epoch)
+            for batch in batches:
+                assert batch["image"].shape == (4, 1, 16, 16) and batch["label"].dtype == torch.int64
+                out.append(torch.cat([batch["image"], batch["label"].float()], dim=1))
+        assert len(out) == 2 * len(batches) == 2 * 5
+        return out
+
+    first, again = run(1), run(1 if len(augmentations) == 2 else 4)  # worker count must not matter
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[len(first) // 2])
+
+
+def test_crop_keeps_label_aligned_and_pads_small_images():
+    rng = np.random.default_rng(0)
+    items = []
+    for i, size in enumerate((12, 24, 30)):  # differing sizes; the first is smaller than the patch
+        image = rng.random((1, size, size), dtype=np.float32)
+        items.append({"id": str(i), "image": image, "label": (image > 0.5).astype(np.int64)})
+    batches = TrainBatches(items, _plan("segmentation", ["flip", "rotate90"], [16, 16]), 3, "cpu")
+    for _ in range(3):
+        batch = next(iter(batches))
+        assert batch["image"].shape == (3, 1, 16, 16)
+        assert torch.equal(batch["label"], (batch["image"] > 0.5).long())
+
+
+def test_classification_labels_are_not_transformed():
+    rng = np.random.default_rng(0)
+    items = [
+        {"id": str(i), "image": rng.random((3, 8, 8), dtype=np.float32), "label": i % 3} for i in range(9)
+    ]
+    batches = TrainBatches(items, _plan("classification", ["flip", "rotate90"]), 4, "cpu")
+    labels = torch.cat([b["label"] for b in batches])
+    assert len(batches) == 2 and labels.shape == (8,) and labels.dtype == torch.int64
+
+
+def test_fit_repeats_exactly_on_cpu(tmp_path):
+    from snakescope.augment import make_plan
+    from snakescope.config import TrainConfig
+    from snakescope.train import fit
+
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(12)]
+    arrays = {}
+    for sample_id in ids:
+        arrays[f"image/{sample_id}"] = rng.gamma(4.0, 50.0, (1, 40, 40)).astype(np.float32)
+        arrays[f"target/{sample_id}"] = rng.integers(0, 2, (40, 40)).astype(np.int64)
+    np.savez(tmp_path / "arrays.npz", **arrays)
+    pd.DataFrame({"id": ids, "label": [""] * 12, "label_index": [-1] * 12}).to_csv(
+        tmp_path / "samples.tsv", sep="\t", index=False
+    )
+    (tmp_path / "split.json").write_text(json.dumps({"train": ids[:8], "val": ids[8:], "test": []}))
+    fingerprint = {
+        "dataset": "t",
+        "spatial_dims": 2,
+        "channels": 1,
+        "num_classes": 2,
+        "intensity": [{"mean": 200.0, "std": 100.0}],
+    }
+    (tmp_path / "fingerprint.json").write_text(json.dumps(fingerprint))
+    settings = {
+        "task": "segmentation",
+        "normalisation": "percentile",
+        "seed": 3,
+        "patch_size": [32, 32],
+        "augmentations": ["flip", "rotate90"],
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(make_plan(settings, fingerprint)))
+    cfg = TrainConfig(
+        task="segmentation",
+        model="unet",
+        seed=3,
+        batch_size=4,
+        epochs=2,
+        patience=5,
+        learning_rate=1e-3,
+        loss="dice_cross_entropy",
+        augmentations=("flip", "rotate90"),
+        normalisation="percentile",
+        patch_size=(32, 32),
+        dropout=0.1,
+        device="cpu",
+    )
+    histories = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        out.mkdir()
+        fit(
+            str(tmp_path / "arrays.npz"),
+            str(tmp_path / "samples.tsv"),
+            str(tmp_path / "split.json"),
+            str(tmp_path / "plan.json"),
+            str(tmp_path / "fingerprint.json"),
+            cfg,
+            str(out / "model.pt"),
+            str(out / "history.csv"),
+            str(out / "card.json"),
+            work_dir=str(out / "work"),
+        )
+        histories.append(pd.read_csv(out / "history.csv")[["train_loss", "val_loss"]].to_numpy())
+    assert np.array_equal(histories[0], histories[1])
