@@ -429,3 +429,32 @@ def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
     assert summary["n_images"] == 2 and "spearman_std_vs_abs_error" in summary
     std_map = tifffile.imread(next((out / "uncertainty").glob("*_std.tif")))
     assert std_map.shape == (16, 32, 32) and (std_map >= 0).all()
+
+
+def test_input_residual_starts_as_the_identity_in_raw_units() -> None:
+    import torch
+
+    from snakescope.models import ModelSpec, build_model
+    from snakescope.regression import input_residual, with_input_residual
+
+    plan = {
+        "normalisation": "dataset_zscore",
+        "dataset_mean": [10.0],
+        "dataset_std": [20.0],
+        "spatial_dims": 2,
+        "target_normalisation": {"low": [4.0], "high": [108.0]},
+    }
+    residual = input_residual(plan, {"channels": 1, "target_channels": 1})
+    assert residual == {"scale": [20.0 / 104.0], "shift": [6.0 / 104.0]}
+    model = with_input_residual(
+        build_model(ModelSpec("unet", "regression", 1, 1, 2, 0.1)), {**plan, "input_residual": residual}
+    ).eval()
+    raw = torch.rand(1, 1, 32, 32) * 100
+    with torch.no_grad():
+        out = model((raw - 10) / 20)
+    torch.testing.assert_close(out * 104 + 4, raw, atol=1e-3, rtol=0)
+    # no residual across modalities or with per-image normalisation
+    assert input_residual(plan, {"channels": 13, "target_channels": 1}) is None
+    assert (
+        input_residual({**plan, "normalisation": "percentile"}, {"channels": 1, "target_channels": 1}) is None
+    )
