@@ -93,6 +93,10 @@ def evaluate_run(predict_dir: str, arrays_npz: str, samples_tsv: str, split_json
     predictions = predictions[predictions["id"].isin(test_ids)]
     if fingerprint["task"] == "classification":
         metrics, per_sample = _evaluate_classification(predictions, samples, split, fingerprint, out / "figures")
+    elif fingerprint["task"] == "instance_segmentation":
+        from snakescope.instances import evaluate_instances
+
+        metrics, per_sample = evaluate_instances(predictions, Path(predict_dir), arrays_npz, split, out / "figures")
     elif fingerprint["task"] == "regression":
         metrics, per_sample = evaluate_regression(predictions, Path(predict_dir), arrays_npz, split, fingerprint,
                                                   out / "figures")

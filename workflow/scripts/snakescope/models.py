@@ -84,13 +84,23 @@ def _build_unet(spec: ModelSpec, channels: tuple[int, ...] = (16, 32, 64, 128, 2
     )
 
 
+def _build_maskrcnn(spec: ModelSpec) -> nn.Module:
+    from snakescope.instances import build_maskrcnn
+
+    # He et al., ICCV 2017, torchvision's ResNet-50 FPN version, never downloaded. It learns from boxes
+    # and masks rather than a class map, so snakescope.instances trains, predicts and scores it.
+    return build_maskrcnn(spec.in_channels, spec.out_channels)
+
+
 MODEL_BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "resnet50": _build_resnet50,
     "unet": _build_unet,
+    "maskrcnn": _build_maskrcnn,
 }
 MODEL_TASKS: dict[str, tuple[str, ...]] = {
     "resnet50": ("classification",),
     "unet": ("segmentation", "instance_segmentation", "regression"),
+    "maskrcnn": ("instance_segmentation",),
 }
 
 

@@ -5,6 +5,8 @@
   CYX otherwise) and ``<id>_mask.tif`` (uint8 class indices, YX), plus ``predictions.csv`` listing them.
   Two-class masks are thresholded with Otsu's method on the foreground probability, as InstantDL
   does, or at a fixed threshold from the config; more classes take the most probable one.
+* instance_segmentation -> per image ``<id>_instances.tif`` (uint16/uint32 object ids, YX), plus
+  ``predictions.csv`` (`snakescope.instances`).
 * regression -> per image ``<id>_pred.tif`` (float32, in the target's units: YX, or CYX for several
   target channels; ZYX/CZYX for volumes), plus ``predictions.csv`` (`snakescope.regression`).
 """
@@ -44,6 +46,10 @@ def predict_dataset(model_pt: str, arrays_npz: str, samples_tsv: str, split_json
     torch_device = select_device(device)
     model, payload = load_trained(model_pt, torch_device)
     plan = payload["plan"]
+    if plan["task"] == "instance_segmentation":  # instance label images (snakescope.instances)
+        from snakescope.instances import predict_instances
+
+        return predict_instances(model, payload, arrays_npz, samples_tsv, split_json, out_dir, threshold, torch_device)
     split = read_json(split_json)
     samples = read_samples(samples_tsv)
     ids = split["test"] + split.get("unlabelled_test", [])

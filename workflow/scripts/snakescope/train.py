@@ -102,6 +102,11 @@ def fit(
     Returns:
         the model card dict.
     """
+    if cfg.task == "instance_segmentation" and cfg.model == "maskrcnn":
+        from snakescope.instances import fit_maskrcnn  # a detector: learns from boxes + masks per image
+
+        return fit_maskrcnn(arrays_npz, samples_tsv, split_json, plan_json, fingerprint_json, cfg, model_out,
+                            history_out, card_out, work_dir, threads)
     torch.set_num_threads(max(1, threads))
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
@@ -135,6 +140,10 @@ def fit(
 
     train_items = load_items(arrays_npz, samples, split["train"], plan)
     val_items = load_items(arrays_npz, samples, split["val"], plan)
+    if task == "instance_segmentation":  # U-Net + watershed: learn background / interior / boundary
+        from snakescope.instances import to_class_items
+
+        train_items, val_items = to_class_items(train_items), to_class_items(val_items)
     loader_generator = torch.Generator()
     # The training set is held as tensors (on the GPU when it fits); flips and quarter turns run there
     # in batch, other augmentations per image in `threads`-sized DataLoader workers (snakescope.data).

@@ -97,8 +97,13 @@ def mc_segment(model: torch.nn.Module, image: torch.Tensor, plan: dict, samples:
 
 
 def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split_json: str, out_dir: str,
-                         samples: int = 20, seed: int = 0, device: str = "auto", threads: int = 1) -> dict:
-    """Sample the model on the test set; write uncertainty.csv, maps (segmentation), summary.json and a figure."""
+                         samples: int = 20, seed: int = 0, device: str = "auto", threads: int = 1,
+                         threshold: str | float = "otsu") -> dict:
+    """Sample the model on the test set; write uncertainty.csv, maps (segmentation), summary.json and a figure.
+
+    `threshold` matters for instance segmentation only: the objects scored are those `predict` makes
+    with the same threshold (snakescope.instances).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,6 +124,13 @@ def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split
     elif plan["task"] == "regression":
         # per-pixel std of the de-normalised samples, in target units (snakescope.regression)
         frame, tracking = regression_uncertainty(model, items, plan, samples, torch_device, out, arrays_npz)
+    elif plan["task"] == "instance_segmentation":
+        # one score per predicted object; "correct" = it matches a true object at IoU >= 0.5
+        from snakescope.instances import instance_uncertainty
+
+        frame, tracking = instance_uncertainty(model, payload, items, arrays_npz, table, split, threshold, samples,
+                                               torch_device, out)
+        tracking.update(_tracks_error(frame["uncertainty"].to_numpy(), frame["matched"].to_numpy(), "objects"))
     else:
         rows, pixel_uncertainty, pixel_correct = _segmentation(model, items, plan, samples, torch_device, out)
         frame = pd.DataFrame(rows)
@@ -128,7 +140,7 @@ def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split
                "mean_uncertainty": float(frame["uncertainty"].mean()), **tracking}
     write_table(frame, out / "uncertainty.csv")
     write_json(summary, out / "summary.json")
-    if plan["task"] != "regression":  # regression_uncertainty drew its own (error per std decile)
+    if plan["task"] not in ("regression", "instance_segmentation"):  # these drew their own figure
         _figure(frame, out / "uncertainty_vs_error.png", plan["task"])
     log.info("MC dropout, %d samples, %d images in %.1f s: %s", samples, len(items), seconds, summary)
     return summary
