@@ -46,7 +46,7 @@ def get_final_output():
     outputs += get_run_outputs("train/history.tsv")
     if any(settings["evaluate"] for settings in DATASETS.values()):
         outputs += get_run_outputs("evaluate/metrics.json", only_if="evaluate")
-        outputs.append("results/summary/metrics.tsv")
+        outputs.append("results/summary/leaderboard.tsv")
     outputs += get_run_outputs("uncertainty", only_if="uncertainty")
     return outputs
 
@@ -61,8 +61,10 @@ def get_settings(stage):
 
 def get_uncertainty_summaries(runs):
     return [
-        f"results/{dataset}/{model}/seed{seed}/uncertainty/summary.json"
-        if DATASETS[dataset]["uncertainty"]
-        else ""
+        (
+            f"results/{dataset}/{model}/seed{seed}/uncertainty/summary.json"
+            if DATASETS[dataset]["uncertainty"]
+            else ""
+        )
         for dataset, model, seed in runs
     ]

@@ -9,6 +9,7 @@
   ``predictions.csv`` (`snakescope.instances`).
 * regression -> per image ``<id>_pred.tif`` (float32, in the target's units: YX, or CYX for several
   target channels; ZYX/CZYX for volumes), plus ``predictions.csv`` (`snakescope.regression`).
+* every task -> ``timing.json``: inference speed, peak memory, hardware, versions (`snakescope.timing`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from snakescope.data import load_items, read_samples
 from snakescope.io import read_json, write_table, write_tiff
 from snakescope.regression import denormalise_target, write_regression
 from snakescope.runtime import autocast_dtype, select_device
+from snakescope.timing import write_timing
 from snakescope.train import load_trained, predict_logits
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ def predict_dataset(model_pt: str, arrays_npz: str, samples_tsv: str, split_json
     log.info("predicted %d images in %.1f s (%.3f s per image)", len(items), seconds, seconds / max(len(items), 1))
     table = pd.DataFrame(rows)
     write_table(table, out / "predictions.csv")
+    write_timing(model, plan, items, torch_device, out / "timing.json", amp_dtype)
     return table
 
 
