@@ -1,3 +1,5 @@
+# A between-workflow cache candidate like convert (see convert.smk): keyed by convert's provenance,
+# the split settings and the code of the modules it runs.
 rule split:
     input:
         samples=rules.convert.output.samples,
@@ -5,13 +7,17 @@ rule split:
         split="results/{dataset}/split/splits.json",
     log:
         "logs/{dataset}/split.log",
-    params:
-        settings=get_settings("split"),
+    cache: True
+    conda:
+        "../../envs/io.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/io.yaml"
+    params:
+        settings=get_settings("split"),
+        code=[
+            file_checksum(SNAKESCOPE_PACKAGE / f"{m}.py")[:16] for m in ("split", "io")
+        ],
     script:
         "../scripts/split.py"

@@ -18,15 +18,23 @@ rule train:
         "logs/{dataset}/{model}/seed{seed}/train.log",
     benchmark:
         "benchmarks/{dataset}/{model}/seed{seed}/train.tsv"
-    params:
-        settings=get_settings("train"),
-        # resume checkpoint and TensorBoard logs: not declared outputs, so they survive a failed try
-        work_dir="results/{dataset}/{model}/seed{seed}/train",
+    # The only rule that is resubmitted after a failure: a train job killed by a time limit,
+    # preemption or scancel resumes from checkpoint_last.pt, so a retry costs one epoch at most.
+    # Other rules fail at once (profiles set no global retries): they are short and deterministic,
+    # so their failures are real errors (bad input) that a retry would only repeat.
+    # 0 inside a cluster job (remote mode): the submitting snakemake resubmits the job, and a rule's
+    # retries would otherwise also apply in the job itself (it ignores the `--retries 0` that
+    # cluster executors pass), retrying 3 times within each of the 3 submissions.
+    retries: 0 if workflow.remote_exec else 2
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=16000,
         runtime=240,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        settings=get_settings("train"),
+        # resume checkpoint and TensorBoard logs: not declared outputs, so they survive a failed try
+        work_dir="results/{dataset}/{model}/seed{seed}/train",
     script:
         "../scripts/train.py"
