@@ -259,3 +259,36 @@ def test_tune_postprocessing_on_validation_images():
     assert ins.tune_postprocessing(torch.nn.Identity(), plan, [{"id": "b", "image": logits}], 4, "cpu")[
         :2
     ] == (0.5, 4)
+
+
+def test_convert_derives_instances_from_binary_masks(tmp_path):
+    from PIL import Image
+
+    from snakescope.config import resolve_datasets, stage_settings
+    from snakescope.convert import convert_dataset
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    shape = (64, 96)
+    for k in range(4):
+        binary = disk(shape, (32, 20 + k), 10) | disk(shape, (32, 36 + k), 10) | disk(shape, (12, 80), 5)
+        image = np.where(binary, 200, 30).astype(np.uint8)
+        Image.fromarray(image).save(tmp_path / "images" / f"im{k}.png")
+        Image.fromarray(binary.astype(np.uint8) * 255).save(tmp_path / "masks" / f"im{k}_mask.png")
+    config = {
+        "task": "instance_segmentation",
+        "data_dir": str(tmp_path),
+        "patch_size": [32, 32],
+        "layout": {"images": "images/*.png", "masks": "masks/*.png", "mask_suffix": "_mask"},
+    }
+    settings = next(iter(resolve_datasets(config).values()))
+    out = tmp_path / "out"
+    fingerprint = convert_dataset(
+        stage_settings(settings, "convert"), out / "arrays.npz", out / "samples.tsv", out / "fingerprint.json"
+    )
+    assert fingerprint["instances_derived_from_binary"]
+    assert fingerprint["n_objects"] == 12 and fingerprint["objects_per_image"]["median"] == 3
+    assert fingerprint["num_classes"] == 3
+    with np.load(out / "arrays.npz") as arrays:
+        target = arrays["target/im0"]
+    assert target.max() == 3 and target[32, 20] != target[32, 36]  # the touching pair is split
