@@ -2,12 +2,13 @@
 
 Two methods, chosen by the `models:` entry of the config:
 
-* ``unet``: U-Net + seeded watershed, the family of methods that led the 2018 Data Science Bowl
-  (Caicedo et al., Nat. Methods 2019). The U-Net (snakescope.models) learns three classes made from the
-  instance labels: background, object interior and object boundary (the 1-pixel inner rim of every
-  object, so touching objects are kept apart by two boundary pixels). Instances are then grown by a
-  watershed from markers (connected components of high interior probability) inside the predicted
-  foreground.
+* ``unet`` (or any other dense network of snakescope.models): U-Net + seeded watershed, the family
+  of methods that led the 2018 Data Science Bowl (Caicedo et al., Nat. Methods 2019). The U-Net
+  learns three classes made from the instance labels: background, object interior and object
+  boundary (the 1-pixel inner rim of every object, so touching objects are kept apart by two boundary
+  pixels). Instances are then grown by a watershed from markers (connected components of high
+  interior probability) inside the predicted foreground; the marker threshold and the minimum object
+  area are tuned on the validation images (`tune_postprocessing`).
 * ``maskrcnn``: torchvision's Mask R-CNN with a ResNet-50 FPN backbone (He et al., ICCV 2017), trained
   from scratch or from local weights, never downloaded. It has its own training step here
   (`fit_maskrcnn`), because it learns from a list of boxes, labels and masks per image rather than a
@@ -20,6 +21,10 @@ the aggregated Jaccard index (AJI, Kumar et al., IEEE TMI 2017), panoptic qualit
 al., CVPR 2019) and the mean IoU of matched objects. Overlaps come from scikit-image's
 contingency table, one-to-one matching from SciPy's linear_sum_assignment. The trivial baseline is the
 connected components of an Otsu threshold of the image.
+
+Uncertainty is scored per object (`instance_uncertainty`): for the U-Net, the mean MC-dropout
+foreground uncertainty inside the object; for Mask R-CNN, which has no dropout layer, 1 - the
+detector's score.
 
 This module imports torch only inside the functions that need it, so `convert` and `evaluate` (whose
 env has no PyTorch) can use the ground-truth, post-processing and metric functions.
@@ -496,7 +501,7 @@ def fit_maskrcnn(
 
     torch.set_num_threads(max(1, threads))
     device = select_device(cfg.device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, device)
     plan, fingerprint, split = read_json(plan_json), read_json(fingerprint_json), read_json(split_json)
     samples = read_samples(samples_tsv)
     work_dir = Path(work_dir or Path(model_out).parent)
