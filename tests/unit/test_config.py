@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from snakescope.config import (
     STAGE_KEYS,
     ConfigError,

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
+
 from snakescope.config import load_schema, resolve_datasets
 from snakescope.convert import (
     convert_dataset,

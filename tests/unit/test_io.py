@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+
 from snakescope import io as sio
 from snakescope.io import (
     InputError,

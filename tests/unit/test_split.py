@@ -7,6 +7,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
+
 from snakescope.io import InputError
 from snakescope.split import load_split, make_split, write_split
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
+
 from snakescope import synthetic
 from snakescope.synthetic import CELL_CLASSES, draw_cell, write_demo_dataset
 

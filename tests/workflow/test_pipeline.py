@@ -83,7 +83,7 @@ def test_every_stage_left_its_outputs(real_run):
     uncertainty = json.loads((run / "uncertainty/summary.json").read_text())
     assert uncertainty["mc_samples"] == 10
     assert 0 <= uncertainty["mean_uncertainty"] <= 1
-    summary = pd.read_csv(real_run / "results/summary/metrics.tsv", sep="\t")
+    summary = pd.read_csv(real_run / "results/summary/leaderboard.tsv", sep="\t")
     assert set(summary["dataset"]) == {"wbc", "isbi"}
 
 

@@ -13,13 +13,13 @@ rule augment:
         ),
     log:
         "logs/{dataset}/augment.log",
-    params:
-        settings=get_settings("augment"),
+    conda:
+        "../../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=15,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        settings=get_settings("augment"),
     script:
         "../scripts/augment.py"

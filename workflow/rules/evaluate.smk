@@ -11,7 +11,12 @@ rule evaluate:
             "results/{dataset}/{model}/seed{seed}/evaluate/metrics.tsv",
             caption="../report/metrics.rst",
             category="Evaluation",
-            labels={"dataset": "{dataset}", "model": "{model}", "seed": "{seed}", "item": "metrics"},
+            labels={
+                "dataset": "{dataset}",
+                "model": "{model}",
+                "seed": "{seed}",
+                "item": "metrics",
+            },
         ),
         per_sample="results/{dataset}/{model}/seed{seed}/evaluate/per_sample.tsv",
         figures=report(
@@ -19,15 +24,20 @@ rule evaluate:
             patterns=["{name}.png"],
             caption="../report/evaluation_figures.rst",
             category="Evaluation",
-            labels={"dataset": "{dataset}", "model": "{model}", "seed": "{seed}", "item": "{name}"},
+            labels={
+                "dataset": "{dataset}",
+                "model": "{model}",
+                "seed": "{seed}",
+                "item": "{name}",
+            },
         ),
     log:
         "logs/{dataset}/{model}/seed{seed}/evaluate.log",
+    conda:
+        "../../envs/io.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/io.yaml"
     script:
         "../scripts/evaluate.py"

@@ -10,13 +10,13 @@ rule predict:
         "logs/{dataset}/{model}/seed{seed}/predict.log",
     benchmark:
         "benchmarks/{dataset}/{model}/seed{seed}/predict.tsv"
-    params:
-        settings=get_settings("predict"),
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        settings=get_settings("predict"),
     script:
         "../scripts/predict.py"

@@ -16,13 +16,13 @@ rule uncertainty:
         "logs/{dataset}/{model}/seed{seed}/uncertainty.log",
     benchmark:
         "benchmarks/{dataset}/{model}/seed{seed}/uncertainty.tsv"
-    params:
-        settings=get_settings("uncertainty"),
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        settings=get_settings("uncertainty"),
     script:
         "../scripts/uncertainty.py"

@@ -12,4 +12,5 @@ estimate_uncertainty(
     seed=int(snakemake.wildcards.seed),
     device=snakemake.params.settings["device"],
     threads=snakemake.threads,
+    threshold=snakemake.params.settings["threshold"],
 )

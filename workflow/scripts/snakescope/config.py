@@ -330,7 +330,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "device",
     ),
     "predict": ("threshold", "device"),
-    "uncertainty": ("mc_samples", "device"),
+    "uncertainty": ("mc_samples", "device", "threshold"),
 }
 
 

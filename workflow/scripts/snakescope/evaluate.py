@@ -50,21 +50,26 @@ def classification_metrics(truth: list[str], predicted: list[str], probabilities
 
 def segmentation_metrics(truth: np.ndarray, mask: np.ndarray, foreground_probability: np.ndarray | None,
                          n_classes: int) -> dict:
-    """Per-image metrics: pixel accuracy, mean IoU (Jaccard) and Dice over the foreground classes,
-    and for two classes the mean absolute / relative error and Pearson r of the foreground probability
+    """Per-image metrics: pixel accuracy; IoU (Jaccard) and Dice averaged over every class present in
+    the truth or the prediction (`iou`, `dice`: the usual mean IoU, so predicting one class everywhere
+    scores low) and over the foreground classes only (`foreground_iou`, `foreground_dice`); for two
+    classes also the mean absolute / relative error and Pearson r of the foreground probability
     against the true mask."""
     result = {"pixel_accuracy": float((truth == mask).mean())}
-    ious, dices = [], []
-    for c in range(1, n_classes):
+    ious, dices = {}, {}
+    for c in range(n_classes):
         t, p = truth == c, mask == c
         union = (t | p).sum()
         if union == 0:
             continue
         intersection = (t & p).sum()
-        ious.append(intersection / union)
-        dices.append(2 * intersection / (t.sum() + p.sum()))
-    result["iou"] = float(np.mean(ious)) if ious else 1.0
-    result["dice"] = float(np.mean(dices)) if dices else 1.0
+        ious[c] = intersection / union
+        dices[c] = 2 * intersection / (t.sum() + p.sum())
+    foreground = [c for c in ious if c > 0]
+    result["iou"] = float(np.mean(list(ious.values())))
+    result["dice"] = float(np.mean(list(dices.values())))
+    result["foreground_iou"] = float(np.mean([ious[c] for c in foreground])) if foreground else 1.0
+    result["foreground_dice"] = float(np.mean([dices[c] for c in foreground])) if foreground else 1.0
     if foreground_probability is not None:
         target = (truth > 0).astype(np.float32)
         error = np.abs(foreground_probability - target)
@@ -86,7 +91,7 @@ def evaluate_run(predict_dir: str, arrays_npz: str, samples_tsv: str, split_json
     fingerprint = read_json(fingerprint_json)
     split = read_json(split_json)
     samples = pd.read_csv(samples_tsv, sep="\t", dtype={"id": str, "label": str}, keep_default_na=False)
-    predictions = pd.read_csv(Path(predict_dir) / "predictions.csv", dtype={"id": str})
+    predictions = pd.read_csv(Path(predict_dir) / "predictions.csv", dtype={"id": str, "predicted_label": str})
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     test_ids = set(split["test"])

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 HEADLINE_METRIC = {
     "classification": "accuracy",
     "segmentation": "iou",
-    "instance_segmentation": "iou",
+    "instance_segmentation": "aji",
     "regression": "pearson_r",
 }
 KEYS = ["dataset", "task", "model", "seed"]

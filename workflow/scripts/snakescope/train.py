@@ -75,6 +75,16 @@ def predict_logits(model: nn.Module, image: torch.Tensor, plan: dict, batch_size
     )
 
 
+def patches_per_image(items: list[dict], plan: dict, cap: int = 16) -> int:
+    """How many random patches to draw from each image per epoch: enough to cover the median image
+    once (a 512x512 image with 128x128 patches gives 16), so an epoch of a few large images is not a
+    handful of steps. 1 for classification, whose images are used whole."""
+    if not plan.get("patch_size"):
+        return 1
+    image_area = np.median([np.prod(it["image"].shape[1:]) for it in items])
+    return int(min(cap, max(1, round(image_area / np.prod(plan["patch_size"])))))
+
+
 def _config_hash(cfg: TrainConfig, split: dict, plan: dict) -> str:
     payload = json.dumps({"cfg": cfg.__dict__, "split": split, "plan": plan}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -109,7 +119,7 @@ def fit(
                             history_out, card_out, work_dir, threads)
     torch.set_num_threads(max(1, threads))
     device = select_device(cfg.device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, device)
     plan = read_json(plan_json)
     fingerprint = read_json(fingerprint_json)
     split = read_json(split_json)
@@ -126,7 +136,9 @@ def fit(
     task = cfg.task
     out_channels = len(fingerprint["classes"]) if task == "classification" else (
         fingerprint["num_classes"] if task != "regression" else fingerprint.get("target_channels", 1))
-    spec = ModelSpec(cfg.model, task, fingerprint["channels"], out_channels, fingerprint["spatial_dims"], cfg.dropout)
+    image_size = fingerprint.get("resized_to") or plan.get("patch_size")
+    spec = ModelSpec(cfg.model, task, fingerprint["channels"], out_channels, fingerprint["spatial_dims"], cfg.dropout,
+                     image_size=tuple(image_size) if image_size else None)
     model = build_model(spec)
     if cfg.pretrained_weights:
         load_pretrained(model, cfg.pretrained_weights)
@@ -147,7 +159,8 @@ def fit(
     loader_generator = torch.Generator()
     # The training set is held as tensors (on the GPU when it fits); flips and quarter turns run there
     # in batch, other augmentations per image in `threads`-sized DataLoader workers (snakescope.data).
-    loader = TrainBatches(train_items, plan, cfg.batch_size, device, threads=threads, generator=loader_generator)
+    loader = TrainBatches(train_items * patches_per_image(train_items, plan), plan, cfg.batch_size, device,
+                          threads=threads, generator=loader_generator)
 
     state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale_epochs": 0, "history": []}
     run_hash = _config_hash(cfg, split, plan)
@@ -231,7 +244,8 @@ def fit(
                      "train_seconds": float(sum(r["seconds"] for r in state["history"])),
                      "seconds_per_epoch": float(np.mean([r["seconds"] for r in state["history"]] or [0])),
                      "settings": cfg.__dict__, "device": str(device),
-                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None},
+                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                     "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None},
         "versions": {"snakescope": __version__, "torch": torch.__version__},
         "dataset": {"name": fingerprint["dataset"], "n_train": len(train_items), "n_val": len(val_items)},
     }
