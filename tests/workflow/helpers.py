@@ -41,3 +41,20 @@ def run_snakemake(workdir: Path, config_path: Path, *extra: str, check: bool = T
 
 def read_metrics(workdir: Path, dataset: str, model: str, seed: int = 0) -> dict:
     return json.loads((workdir / f"results/{dataset}/{model}/seed{seed}/evaluate/metrics.json").read_text())
+
+
+def wbc_dataset(shared_data: Path, part: int = 1, **settings) -> dict:
+    """The WBC classification set (Zheng et al. 2018) as its authors published it: Dataset_1 (300 images)
+    or Dataset_2 (100), labels in their own CSV, `settings` added to (or overriding) the entry."""
+    return {
+        "task": "classification",
+        "data_dir": str(shared_data / "wbc_zheng2018"),
+        "layout": {
+            "images": f"Dataset_{part}/*.bmp",
+            "labels_csv": f"Class_Labels_of_Dataset_{part}.csv",
+            "filename_column": "image ID",
+            "label_column": "class label" if part == 1 else "class",
+            "filename_format": "{:03d}",
+        },
+        **settings,
+    }

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_snakemake, write_config
+from helpers import run_snakemake, wbc_dataset, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,20 +31,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss"]
 def matrix_config(shared_data: Path, wbc_models: list[str]) -> dict:
     return {
         "datasets": {
-            "wbc": {
-                "task": "classification",
-                "data_dir": str(shared_data / "wbc_zheng2018"),
-                "layout": {
-                    "images": "Dataset_1/*.bmp",
-                    "labels_csv": "Class_Labels_of_Dataset_1.csv",
-                    "filename_column": "image ID",
-                    "label_column": "class label",
-                    "filename_format": "{:03d}",
-                },
-                "resize": [32, 32],
-                "models": wbc_models,
-                "seeds": SEEDS,
-            },
+            "wbc": wbc_dataset(shared_data, resize=[32, 32], models=wbc_models, seeds=SEEDS),
             "isbi": {
                 "task": "segmentation",
                 "data_dir": str(shared_data / "isbi2012_em_membranes"),

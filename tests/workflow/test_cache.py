@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT, run_snakemake, write_config
+from helpers import PROJECT, run_snakemake, wbc_dataset, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,23 +23,9 @@ CONVERT_OUTPUTS = ["arrays.npz", "samples.tsv", "fingerprint.json"]
 
 
 def wbc_config(shared_data: Path, **changes) -> dict:
-    dataset = {
-        "task": "classification",
-        "data_dir": str(shared_data / "wbc_zheng2018"),
-        "layout": {
-            "images": "Dataset_2/*.bmp",
-            "labels_csv": "Class_Labels_of_Dataset_2.csv",
-            "filename_column": "image ID",
-            "label_column": "class",
-            "filename_format": "{:03d}",
-        },
-        "resize": [32, 32],
-        "models": ["mobilenet_v2"],
-        "batch_size": 8,
-        "epochs": 1,
-        "max_batches_per_epoch": 2,
-        **changes,
-    }
+    settings = {"resize": [32, 32], "models": ["mobilenet_v2"], "batch_size": 8, "epochs": 1,
+                "max_batches_per_epoch": 2}
+    dataset = wbc_dataset(shared_data, part=2, **{**settings, **changes})
     return {"datasets": {"wbc": dataset}, "seed": 0, "augmentations": ["flip"]}
 
 

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import read_metrics, run_snakemake, write_config
+from helpers import read_metrics, run_snakemake, wbc_dataset, write_config
 
 from snakescope.synthetic import write_demo_dataset
 
@@ -19,19 +19,7 @@ def real_run(tmp_path_factory, shared_data):
     workdir = tmp_path_factory.mktemp("real")
     config = {
         "datasets": {
-            "wbc": {
-                "task": "classification",
-                "data_dir": str(shared_data / "wbc_zheng2018"),
-                "layout": {
-                    "images": "Dataset_1/*.bmp",
-                    "labels_csv": "Class_Labels_of_Dataset_1.csv",
-                    "filename_column": "image ID",
-                    "label_column": "class label",
-                    "filename_format": "{:03d}",
-                },
-                "resize": [64, 64],
-                "epochs": 8,
-            },
+            "wbc": wbc_dataset(shared_data, resize=[64, 64], epochs=8),
             "isbi": {
                 "task": "segmentation",
                 "data_dir": str(shared_data / "isbi2012_em_membranes"),

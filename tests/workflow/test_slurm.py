@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from helpers import PROJECT, SNAKEFILE, read_metrics, run_snakemake, write_config
+from helpers import PROJECT, SNAKEFILE, read_metrics, run_snakemake, wbc_dataset, write_config
 from PIL import Image
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -87,25 +87,12 @@ def write_truncated_tiff_dataset(folder: Path, source: Path) -> Path:
 
 
 def dataset_config(shared_data: Path) -> dict:
-    return {
-        "task": "classification",
-        "data_dir": str(shared_data / "wbc_zheng2018"),
-        "layout": {
-            "images": "Dataset_2/*.bmp",
-            "labels_csv": "Class_Labels_of_Dataset_2.csv",
-            "filename_column": "image ID",
-            "label_column": "class",
-            "filename_format": "{:03d}",
-        },
-        "resize": [32, 32],
-        "models": ["mobilenet_v2"],
-        "batch_size": 8,
-        "epochs": EPOCHS,
-        "patience": EPOCHS,
+    return wbc_dataset(
+        shared_data, part=2, resize=[32, 32], models=["mobilenet_v2"], batch_size=8, epochs=EPOCHS,
+        patience=EPOCHS,
         # enough batches that an epoch lasts a few seconds, so the job can be killed between epochs
-        "max_batches_per_epoch": 3,
-        "mc_samples": 3,
-    }
+        max_batches_per_epoch=3, mc_samples=3,
+    )
 
 
 def checkpoint_epoch(path: Path) -> int | None:
