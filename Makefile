@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo-data: install
-	$(BIN)/python -m snakescope.synthetic resources/demo/cells
+	$(BIN)/python -m snakescope.synthetic resources/demo/cells --n-images 400
 
 run: install demo-data
 	$(SNAKEMAKE) --profile profiles/local
