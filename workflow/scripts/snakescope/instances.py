@@ -497,7 +497,7 @@ def fit_maskrcnn(
     from snakescope.io import atomic_path, read_json, write_json, write_table
     from snakescope.models import ModelSpec
     from snakescope.runtime import seed_everything, select_device
-    from snakescope.train import _config_hash, patches_per_image
+    from snakescope.train import _config_hash, finish_epoch, patches_per_image, resume_run
 
     torch.set_num_threads(max(1, threads))
     device = select_device(cfg.device)
@@ -505,7 +505,6 @@ def fit_maskrcnn(
     plan, fingerprint, split = read_json(plan_json), read_json(fingerprint_json), read_json(split_json)
     samples = read_samples(samples_tsv)
     work_dir = Path(work_dir or Path(model_out).parent)
-    checkpoint_path = work_dir / "checkpoint_last.pt"
     if fingerprint["spatial_dims"] != 2:
         raise ValueError("maskrcnn segments 2D images only; use the unet model for 3D instance segmentation.")
 
@@ -535,22 +534,8 @@ def fit_maskrcnn(
         generator=loader_generator,
     )
 
-    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale_epochs": 0, "history": []}
     run_hash = _config_hash(cfg, split, plan)
-    best_state = None
-    if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if checkpoint.get("run_hash") == run_hash:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            state = checkpoint["state"]
-            if (work_dir / "checkpoint_best.pt").is_file():
-                best_state = torch.load(
-                    work_dir / "checkpoint_best.pt", map_location="cpu", weights_only=True
-                )
-            log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
-        else:
-            log.warning("ignoring %s: it belongs to other settings or data", checkpoint_path)
+    state, best_state = resume_run(work_dir, run_hash, model, optimizer)
     log.info(
         "training maskrcnn on %s: %d train images (%d patches of %d px per epoch), %d val tiles, "
         "anchors %s, %d parameters",
@@ -588,14 +573,6 @@ def fit_maskrcnn(
             n_images += len(images)
         val_loss, val_f1 = _validate_maskrcnn(model, val_tiles, device)
         seconds = time.perf_counter() - started
-        improved = val_loss < state["best_val_loss"]
-        if improved:
-            state.update(best_val_loss=val_loss, best_epoch=epoch, stale_epochs=0)
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            with atomic_path(work_dir / "checkpoint_best.pt") as tmp:
-                torch.save(best_state, tmp)
-        else:
-            state["stale_epochs"] += 1
         row = {
             "epoch": epoch,
             "train_loss": total / max(n_images, 1),
@@ -603,10 +580,8 @@ def fit_maskrcnn(
             "val_f1": val_f1,
             "seconds": seconds,
             "images_per_second": n_images / max(seconds, 1e-9),
-            "improved": improved,
         }
-        state["history"].append(row)
-        state["epoch"] = epoch
+        best_state = finish_epoch(work_dir, run_hash, model, optimizer, state, row) or best_state
         log.info(
             "epoch %d/%d train_loss %.4f val_loss %.4f val_f1 %.4f (%.1fs)%s",
             epoch,
@@ -615,18 +590,8 @@ def fit_maskrcnn(
             val_loss,
             val_f1,
             seconds,
-            " *best*" if improved else "",
+            " *best*" if row["improved"] else "",
         )
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "state": state,
-                    "run_hash": run_hash,
-                },
-                tmp,
-            )
 
     payload = {
         "model": best_state if best_state is not None else model.state_dict(),

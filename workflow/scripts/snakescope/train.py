@@ -90,6 +90,50 @@ def _config_hash(cfg: TrainConfig, split: dict, plan: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def resume_run(work_dir: Path, run_hash: str, model: nn.Module, optimizer) -> tuple[dict, dict | None]:
+    """The training state and best weights from `work_dir`'s checkpoints when they belong to this run
+    (same `run_hash`), loading the model and optimiser in place; a fresh state otherwise."""
+    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale_epochs": 0, "history": []}
+    checkpoint_path = work_dir / "checkpoint_last.pt"
+    if not checkpoint_path.is_file():
+        return state, None
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if checkpoint.get("run_hash") != run_hash:
+        log.warning("ignoring %s: it belongs to other settings or data", checkpoint_path)
+        return state, None
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    state = checkpoint["state"]
+    log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
+    best_path = work_dir / "checkpoint_best.pt"
+    best_state = torch.load(best_path, map_location="cpu", weights_only=True) if state["best_epoch"] and best_path.is_file() else None
+    return state, best_state
+
+
+def finish_epoch(work_dir: Path, run_hash: str, model: nn.Module, optimizer, state: dict, row: dict) -> dict | None:
+    """Record one epoch's `row` (needs "epoch" and "val_loss"; gets "improved") in `state`, keep the
+    weights when the validation loss improved, and write the resume checkpoint.
+
+    Returns:
+        the new best weights (on the CPU), or None when the epoch did not improve.
+    """
+    best_state = None
+    row["improved"] = row["val_loss"] < state["best_val_loss"]
+    if row["improved"]:
+        state.update(best_val_loss=row["val_loss"], best_epoch=row["epoch"], stale_epochs=0)
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        with atomic_path(work_dir / "checkpoint_best.pt") as tmp:
+            torch.save(best_state, tmp)
+    else:
+        state["stale_epochs"] += 1
+    state["history"].append(row)
+    state["epoch"] = row["epoch"]
+    with atomic_path(work_dir / "checkpoint_last.pt") as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                    "run_hash": run_hash}, tmp)
+    return best_state
+
+
 def fit(
     arrays_npz: str,
     samples_tsv: str,
@@ -131,7 +175,6 @@ def fit(
         plan["input_residual"] = input_residual(plan, fingerprint)  # None unless input ~ target units
     samples = read_samples(samples_tsv)
     work_dir = Path(work_dir or Path(model_out).parent)
-    checkpoint_path = work_dir / "checkpoint_last.pt"
 
     task = cfg.task
     out_channels = len(fingerprint["classes"]) if task == "classification" else (
@@ -162,28 +205,14 @@ def fit(
     loader = TrainBatches(train_items * patches_per_image(train_items, plan), plan, cfg.batch_size, device,
                           threads=threads, generator=loader_generator)
 
-    state = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale_epochs": 0, "history": []}
     run_hash = _config_hash(cfg, split, plan)
-    if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if checkpoint.get("run_hash") == run_hash:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            state = checkpoint["state"]
-            log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
-        else:
-            log.warning("ignoring %s: it belongs to other settings or data", checkpoint_path)
+    state, best_state = resume_run(work_dir, run_hash, model, optimizer)
 
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(work_dir / "tensorboard"))
     log.info("training %s on %s: %d train / %d val images, %d parameters", cfg.model, device,
              len(train_items), len(val_items), sum(p.numel() for p in model.parameters()))
-    best_state = None
-    if state["best_epoch"] and Path(model_out).is_file():
-        best_state = torch.load(model_out, map_location="cpu", weights_only=True)["model"]
-    elif state["best_epoch"] and (work_dir / "checkpoint_best.pt").is_file():
-        best_state = torch.load(work_dir / "checkpoint_best.pt", map_location="cpu", weights_only=True)
 
     while state["epoch"] < cfg.epochs and state["stale_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
@@ -194,27 +223,15 @@ def fit(
         train_loss, n_images = train_epoch(model, loader, optimizer, loss_fn, device, amp_dtype, cfg.max_batches_per_epoch)
         val_loss, val_score = validate(model, val_items, plan, loss_fn, device, amp_dtype)
         seconds = time.perf_counter() - started
-        improved = val_loss < state["best_val_loss"]
-        if improved:
-            state.update(best_val_loss=val_loss, best_epoch=epoch, stale_epochs=0)
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            with atomic_path(work_dir / "checkpoint_best.pt") as tmp:
-                torch.save(best_state, tmp)
-        else:
-            state["stale_epochs"] += 1
         score_name = "val_accuracy" if task == "classification" else ("val_dice" if task != "regression" else "val_mae")
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, score_name: val_score,
-               "seconds": seconds, "images_per_second": n_images / max(seconds, 1e-9), "improved": improved}
-        state["history"].append(row)
-        state["epoch"] = epoch
+               "seconds": seconds, "images_per_second": n_images / max(seconds, 1e-9)}
+        best_state = finish_epoch(work_dir, run_hash, model, optimizer, state, row) or best_state
         for key in ("train_loss", "val_loss", score_name, "images_per_second"):
             writer.add_scalar(key, row[key], epoch)
         log.info("epoch %d/%d train_loss %.4f val_loss %.4f %s %.4f (%.1fs, %.1f img/s)%s", epoch, cfg.epochs,
                  train_loss, val_loss, score_name, val_score, seconds, row["images_per_second"],
-                 " *best*" if improved else "")
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                        "run_hash": run_hash}, tmp)
+                 " *best*" if row["improved"] else "")
     writer.close()
     if state["stale_epochs"] >= cfg.patience:
         log.info("early stop: no lower validation loss for %d epochs; best epoch %d", cfg.patience, state["best_epoch"])
