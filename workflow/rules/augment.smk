@@ -3,6 +3,7 @@ rule augment:
         arrays=rules.convert.output.arrays,
         fingerprint=rules.convert.output.fingerprint,
         split=rules.split.output.split,
+        recommendation=rules.recommend.output.plan,
     output:
         plan="results/{dataset}/augment/plan.json",
         preview=report(

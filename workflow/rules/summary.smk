@@ -1,21 +1,15 @@
 from snakescope.provenance import config_hash
 
-EVALUATED_RUNS = [run for run in get_runs() if DATASETS[run[0]]["evaluate"]]
-
 
 rule summary:
     input:
-        metrics=get_run_outputs("evaluate/metrics.json", only_if="evaluate"),
-        cards=get_run_outputs("train/model_card.json", only_if="evaluate"),
-        predictions=get_run_outputs("predict", only_if="evaluate"),
-        fingerprints=[
-            f"results/{d}/convert/fingerprint.json" for d, m, s in EVALUATED_RUNS
+        metrics=get_evaluated("evaluate/metrics.json"),
+        cards=get_evaluated("train/model_card.json"),
+        predictions=get_evaluated("predict"),
+        fingerprints=lambda w: [
+            f"results/{d}/convert/fingerprint.json" for d, m, s in get_evaluated_runs()
         ],
-        uncertainty=[
-            f"results/{d}/{m}/seed{s}/uncertainty"
-            for d, m, s in EVALUATED_RUNS
-            if DATASETS[d]["uncertainty"]
-        ],
+        uncertainty=get_evaluated("uncertainty", "uncertainty"),
     output:
         table=report(
             "results/summary/leaderboard.tsv",
@@ -57,11 +51,43 @@ rule summary:
         mem_mb=2000,
         runtime=10,
     params:
-        uncertainty_summaries=get_uncertainty_summaries(EVALUATED_RUNS),
+        uncertainty_summaries=get_uncertainty_summaries,
         # read, not declared as inputs: Snakemake writes them alongside the train job's outputs
-        train_benchmarks=[
-            f"benchmarks/{d}/{m}/seed{s}/train.tsv" for d, m, s in EVALUATED_RUNS
+        train_benchmarks=lambda w: [
+            f"benchmarks/{d}/{m}/seed{s}/train.tsv" for d, m, s in get_evaluated_runs()
         ],
-        config_hashes=[config_hash(DATASETS[d], m, s) for d, m, s in EVALUATED_RUNS],
+        config_hashes=lambda w: [
+            config_hash(DATASETS[d], m, s) for d, m, s in get_evaluated_runs()
+        ],
     script:
         "../scripts/summary.py"
+
+
+# Adds this workflow's runs to the results library (a file outside results/, shared by every
+# workflow run in this directory) that `recommend` learns from; the output lists the rows added.
+rule library:
+    input:
+        table=rules.summary.output.table,
+        fingerprints=lambda w: sorted(
+            {
+                f"results/{d}/convert/fingerprint.json"
+                for d, m, s in get_evaluated_runs()
+            }
+        ),
+    output:
+        rows="results/summary/library_rows.tsv",
+    log:
+        "logs/library.log",
+    conda:
+        "../../envs/io.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        library=next(
+            (s["results_library"] for s in DATASETS.values() if s["results_library"]),
+            None,
+        ),
+    script:
+        "../scripts/library.py"

@@ -5,6 +5,7 @@ rule train:
         fingerprint=rules.convert.output.fingerprint,
         split=rules.split.output.split,
         plan=rules.augment.output.plan,
+        recommendation=rules.recommend.output.plan,
     output:
         model="results/{dataset}/{model}/seed{seed}/train/model.pt",
         history=report(

@@ -1,9 +1,10 @@
 from snakescope.augment import write_plan_and_preview
 from snakescope.logs import log_to_file
+from snakescope.planner import apply_plan
 
 log_to_file(snakemake.log[0])
 write_plan_and_preview(
-    settings=snakemake.params.settings,
+    settings=apply_plan(snakemake.params.settings, snakemake.input.recommendation),
     fingerprint_json=snakemake.input.fingerprint,
     arrays_npz=snakemake.input.arrays,
     split_json=snakemake.input.split,

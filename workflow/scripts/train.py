@@ -1,5 +1,6 @@
 from snakescope.config import TrainConfig
 from snakescope.logs import log_to_file
+from snakescope.planner import apply_plan
 from snakescope.train import fit
 
 log_to_file(snakemake.log[0])
@@ -10,7 +11,8 @@ fit(
     plan_json=snakemake.input.plan,
     fingerprint_json=snakemake.input.fingerprint,
     cfg=TrainConfig.from_settings(
-        snakemake.params.settings, model=snakemake.wildcards.model, seed=int(snakemake.wildcards.seed)
+        apply_plan(snakemake.params.settings, snakemake.input.recommendation),
+        model=snakemake.wildcards.model, seed=int(snakemake.wildcards.seed)
     ),
     model_out=snakemake.output.model,
     history_out=snakemake.output.history,

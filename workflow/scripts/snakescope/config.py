@@ -42,6 +42,10 @@ TASK_LOSSES = {
 }
 
 
+# Settings the planner (snakescope.planner) chooses when the user leaves them unset.
+PLANNED_KEYS = ("models", "batch_size", "epochs", "patch_size", "augmentations", "normalisation")
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, misspelt or out of range; the message says which and how to fix it."""
 
@@ -225,6 +229,9 @@ def _fill_defaults(
     name: str, entry: dict, properties: dict, layout_defaults: dict, base_dir: Path, where: str
 ) -> dict:
     settings = {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
+    # Recorded before defaults fill them in: the keys whose values the `recommend` rule may choose.
+    auto_configure = entry.get("auto_configure", settings["auto_configure"])
+    settings["auto_keys"] = [key for key in PLANNED_KEYS if key not in entry] if auto_configure else []
     settings.update({key: _as_int(value, properties[key]) for key, value in entry.items()})
     task = settings["task"]
     settings["name"] = name
@@ -235,8 +242,9 @@ def _fill_defaults(
     if task == "classification" and settings["resize"] is None and len(settings["patch_size"]) == 2:
         settings["resize"] = list(DEFAULT_CLASSIFICATION_RESIZE)
     settings["data_dir"] = str(_resolve(base_dir, settings["data_dir"]))
-    if settings["pretrained_weights"]:
-        settings["pretrained_weights"] = str(_resolve(base_dir, settings["pretrained_weights"]))
+    for key in ("pretrained_weights", "results_library", "plan"):
+        if settings[key]:
+            settings[key] = str(_resolve(base_dir, settings[key]))
     if settings["loss"] not in TASK_LOSSES[task]:
         raise ConfigError(
             f"{where}: loss '{settings['loss']}' does not suit {task}; use one of {list(TASK_LOSSES[task])} "
@@ -313,9 +321,24 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "group_column",
     ),
     "split": ("task", "seed", "test_fraction", "val_fraction", "group_column"),
-    "augment": ("name", "task", "seed", "normalisation", "augmentations", "patch_size"),
+    "recommend": (
+        "task",
+        "auto_keys",
+        *PLANNED_KEYS,
+        "seeds",
+        "test_fraction",
+        "val_fraction",
+        "max_batches_per_epoch",
+        "device",
+        "time_budget_minutes",
+        "gpu_memory_gb",
+        "results_library",
+        "plan",
+    ),
+    "augment": ("name", "task", "seed", "normalisation", "augmentations", "patch_size", "auto_keys"),
     "train": (
         "task",
+        "auto_keys",
         "batch_size",
         "epochs",
         "patience",

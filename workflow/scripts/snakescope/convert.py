@@ -709,6 +709,9 @@ def _fingerprint(settings, samples, images, targets, raw_dtypes) -> dict:
         "shape_max": shapes[:, 1:].max(axis=0).tolist(),
         "resized_to": settings.get("resize"),
         "intensity": per_channel,
+        # How much the mean brightness varies between images (std / mean of per-image means): the
+        # planner adds brightness and contrast augmentations when it is large.
+        "brightness_spread": _brightness_spread(images),
         "checksums": {s.id: sample_checksum(s.image) for s in samples},
     }
     if task == "classification":
@@ -761,7 +764,25 @@ def _fingerprint(settings, samples, images, targets, raw_dtypes) -> dict:
             fingerprint["num_classes"] = max(num_classes or 0, len(values))
             total = sum(counts.values())
             fingerprint["class_fraction"] = {str(v): counts[v] / total for v in values}
+            fingerprint["median_object_area"] = _median_object_area(targets.values(), background=values[0])
     return fingerprint
+
+
+def _brightness_spread(images: dict[str, np.ndarray]) -> float:
+    means = np.array([float(img.mean()) for img in images.values()])
+    return float(means.std() / abs(means.mean())) if means.size and means.mean() else 0.0
+
+
+def _median_object_area(masks, background) -> float:
+    """Median size (pixels or voxels) of the connected foreground regions: the typical object size."""
+    from scipy import ndimage
+
+    areas = []
+    for mask in masks:
+        labels, n = ndimage.label(mask != background)
+        if n:
+            areas.append(np.bincount(labels.ravel())[1:])
+    return float(np.median(np.concatenate(areas))) if areas else 0.0
 
 
 def list_input_files(settings: dict) -> list[str]:

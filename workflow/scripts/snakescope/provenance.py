@@ -14,7 +14,7 @@ from pathlib import Path
 # Settings that do not change what one run computes: where the data lies (the dataset checksum covers
 # its content) and the lists that enumerate the other runs of the matrix (adding a model must not change
 # the hash of the runs already there).
-_NOT_HASHED = ("data_dir", "models", "seeds")
+_NOT_HASHED = ("data_dir", "models", "seeds", "results_library")
 
 
 def _digest(payload: object) -> str:

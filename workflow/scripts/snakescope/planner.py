@@ -1,0 +1,389 @@
+"""planner: from the data's fingerprint, the hardware and earlier results to the settings of a run.
+
+The settings a user leaves unset (`PLANNED_KEYS`) are chosen here and written to
+`results/<dataset>/recommend/plan.json`; what the user set is kept and marked as pinned. Two halves,
+as the issue asks:
+
+* rules (cold start, in the manner of nnU-Net's experiment planner): patch size from the median
+  image size, batch size from a *measured* forward/backward pass (GPU memory on a GPU), epochs from a
+  measured step time and the time budget, normalisation from the source bit depth, augmentations
+  from the brightness spread, and a model by task and hardware;
+* learned (warm start): when the results library holds datasets of the same task, the model comes
+  from `snakescope.library.recommend_model`, with the similar datasets it used as its reasons.
+
+A plan file given as `plan:` in the config is pinned as it stands: the planner only checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from snakescope.config import PLANNED_KEYS
+from snakescope.io import read_json
+
+log = logging.getLogger(__name__)
+
+# Cold-start model per task and hardware. Classification follows the AIMIC comparison (ResNeXt-50 best
+# accuracy, MobileNet-V2 the best accuracy per second); dense tasks take the U-Net, smaller on a CPU.
+RULE_MODEL = {
+    ("classification", "cuda"): "resnext50_32x4d",
+    ("classification", "cpu"): "mobilenet_v2",
+    ("segmentation", "cuda"): "unet",
+    ("segmentation", "cpu"): "unet_small",
+    ("instance_segmentation", "cuda"): "unet",  # U-Net + watershed: strong on dense nuclei
+    ("instance_segmentation", "cpu"): "unet_small",
+    ("regression", "cuda"): "unet",
+    ("regression", "cpu"): "unet_small",
+}
+# Largest patch side the planner picks: bigger patches give more context but fewer steps per second.
+MAX_PATCH = {("cuda", 2): 256, ("cpu", 2): 128, ("cuda", 3): 128, ("cpu", 3): 64}
+MIN_PATCH = {2: 32, 3: 16}
+MAX_BATCH = {"classification": 64}
+MAX_DENSE_BATCH = 32
+CPU_BATCH = {"classification": 16}
+CPU_DENSE_BATCH = 8
+GPU_MEMORY_SHARE = 0.8  # of the GPU's memory the planner fills; the rest is for the allocator and cuDNN
+MIN_EPOCHS = 3
+# Share of the time budget spent in training steps; validation, prediction and uncertainty take the rest.
+TRAINING_SHARE = 0.6
+
+
+@dataclass(frozen=True)
+class Resources:
+    device: str  # "cuda" or "cpu"
+    gpu_name: str | None
+    gpu_memory_gb: float | None
+    cpu_count: int
+    time_budget_minutes: float | None
+
+    def describe(self) -> str:
+        where = f"GPU {self.gpu_name} with {self.gpu_memory_gb:.1f} GB" if self.device == "cuda" else "CPU only"
+        budget = f", {self.time_budget_minutes:g} min budget" if self.time_budget_minutes else ", no time budget"
+        return f"{where}, {self.cpu_count} CPU cores{budget}"
+
+
+def detect_resources(settings: dict) -> Resources:
+    """The hardware this job sees (a GPU rule's job on a cluster sees its GPU), overridden by config."""
+    import torch
+
+    use_gpu = settings.get("device", "auto") != "cpu" and torch.cuda.is_available()
+    memory = settings.get("gpu_memory_gb")
+    name = None
+    if use_gpu:
+        props = torch.cuda.get_device_properties(0)
+        name = props.name
+        memory = memory or props.total_memory / 2**30
+    return Resources(
+        device="cuda" if use_gpu else "cpu",
+        gpu_name=name,
+        gpu_memory_gb=float(memory) if use_gpu else None,
+        cpu_count=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        time_budget_minutes=settings.get("time_budget_minutes"),
+    )
+
+
+def _power_of_two_at_most(value: float) -> int:
+    return 2 ** int(math.floor(math.log2(max(1.0, value))))
+
+
+def plan_patch_size(fingerprint: dict, configured: list[int], device: str) -> list[int]:
+    """Per axis: the largest power of two that fits the median image, within the hardware's cap."""
+    dims = fingerprint["spatial_dims"]
+    median = fingerprint["shape_median"]
+    cap = MAX_PATCH[(device, dims)]
+    patch = [max(MIN_PATCH[dims], min(cap, _power_of_two_at_most(side))) for side in median[-dims:]]
+    # A 3D config may give fewer planes than the cap; keep the configured axis count either way.
+    return patch[-len(configured):] if len(configured) <= len(patch) else patch
+
+
+def out_channels(fingerprint: dict) -> int:
+    task = fingerprint["task"]
+    if task == "classification":
+        return len(fingerprint["classes"])
+    if task == "regression":
+        return int(fingerprint.get("target_channels", 1))
+    return int(fingerprint.get("num_classes", 2))
+
+
+@dataclass(frozen=True)
+class StepCost:
+    seconds_per_sample: float
+    bytes_per_sample: float | None  # GPU only: measured peak memory per extra sample
+    fixed_bytes: float | None  # GPU only: weights, optimiser state, workspace
+
+
+def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], device: str,
+                 batch_sizes: tuple[int, int] = (2, 4)) -> StepCost:
+    """Time (and on a GPU, peak memory of) real forward/backward/Adam steps of `model_name` on random
+    input of the dataset's channels and `sample_shape`, at two batch sizes.
+
+    Memory per sample is the difference of the two peaks divided by the batch difference (nnU-Net's
+    planner estimates the same quantity from a formula; measuring needs no formula per network).
+    """
+    import torch
+
+    from snakescope.config import DEFAULT_LOSS
+    from snakescope.models import ModelSpec, build_model
+    from snakescope.train import make_loss
+
+    task = fingerprint["task"]
+    spec = ModelSpec(model_name, task, fingerprint["channels"], out_channels(fingerprint),
+                     fingerprint["spatial_dims"], image_size=tuple(sample_shape))
+    torch_device = torch.device(device)
+    model = build_model(spec).to(torch_device).train()
+    optimizer = torch.optim.Adam(model.parameters())
+    loss_fn = make_loss(task, DEFAULT_LOSS[task])
+    generator = torch.Generator().manual_seed(0)
+
+    def step(batch: int) -> float:
+        image = torch.rand((batch, fingerprint["channels"], *sample_shape), generator=generator).to(torch_device)
+        if task == "classification":
+            target = torch.zeros(batch, dtype=torch.long, device=torch_device)
+        elif task == "regression":
+            target = torch.rand((batch, spec.out_channels, *sample_shape), generator=generator).to(torch_device)
+        else:
+            target = torch.zeros((batch, 1, *sample_shape), dtype=torch.long, device=torch_device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(image), target).backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    small, large = batch_sizes
+    peaks = []
+    for batch in (small, large):
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        step(batch)  # warm-up (cuDNN autotuning, allocator) and memory peak
+        if device == "cuda":
+            peaks.append(torch.cuda.max_memory_allocated())
+    seconds = min(step(large) for _ in range(2)) / large
+    if device != "cuda":
+        return StepCost(seconds, None, None)
+    per_sample = max(1.0, (peaks[1] - peaks[0]) / (large - small))
+    return StepCost(seconds, per_sample, max(0.0, peaks[0] - small * per_sample))
+
+
+def plan_batch_size(task: str, cost: StepCost, resources: Resources, n_train: int) -> tuple[int, str]:
+    """Largest power of two whose measured memory fits the GPU share; a fixed size on the CPU."""
+    cap = MAX_BATCH.get(task, MAX_DENSE_BATCH)
+    # Several batches per epoch, so early stopping and the learning rate have steps to work with.
+    cap = min(cap, max(2, _power_of_two_at_most(n_train / 4)))
+    if resources.device != "cuda" or cost.bytes_per_sample is None:
+        batch = min(cap, CPU_BATCH.get(task, CPU_DENSE_BATCH))
+        return batch, f"CPU: {batch} (fixed size for CPU training, at most a quarter of the {n_train} training images)"
+    budget = GPU_MEMORY_SHARE * resources.gpu_memory_gb * 2**30 - cost.fixed_bytes
+    fits = _power_of_two_at_most(budget / cost.bytes_per_sample)
+    batch = max(1, min(cap, fits))
+    return batch, (
+        f"measured {cost.bytes_per_sample / 2**20:.0f} MiB per sample + {cost.fixed_bytes / 2**20:.0f} MiB fixed: "
+        f"{fits} fit in {GPU_MEMORY_SHARE:.0%} of {resources.gpu_memory_gb:.1f} GB; capped at {cap}"
+    )
+
+
+def plan_epochs(seconds_per_sample: float, samples_per_epoch: int, runs: int, resources: Resources,
+                configured_max: int) -> tuple[int, str]:
+    """Epochs that fit the time budget shared by `runs` trainings (early stopping may end sooner)."""
+    epoch_seconds = seconds_per_sample * samples_per_epoch
+    if not resources.time_budget_minutes:
+        return configured_max, (
+            f"no time budget: up to {configured_max} epochs with early stopping "
+            f"(measured {epoch_seconds:.1f} s per epoch)"
+        )
+    budget = resources.time_budget_minutes * 60 * TRAINING_SHARE / max(1, runs)
+    epochs = int(max(MIN_EPOCHS, min(configured_max, budget // max(epoch_seconds, 1e-6))))
+    return epochs, (
+        f"measured {epoch_seconds:.1f} s per epoch ({samples_per_epoch} samples); {TRAINING_SHARE:.0%} of the "
+        f"{resources.time_budget_minutes:g} min budget over {runs} run(s) gives {epochs} epochs"
+    )
+
+
+def plan_normalisation(fingerprint: dict) -> tuple[str, str]:
+    dtypes = fingerprint.get("source_dtypes") or {}
+    if any(np.dtype(d).kind == "f" for d in dtypes):
+        return "zscore", "float images (no fixed range): zero mean, unit variance per image"
+    return "percentile", "integer images: 1st-99th percentile to 0-1 per image, robust to hot pixels"
+
+
+def plan_augmentations(fingerprint: dict) -> tuple[list[str], str]:
+    augmentations = ["flip", "rotate90"]
+    reason = "microscopy has no preferred orientation: flips and 90° rotations"
+    spread = fingerprint.get("brightness_spread", 0.0)
+    if spread > 0.1:
+        augmentations += ["brightness", "contrast"]
+        reason += f"; mean brightness varies by {spread:.0%} between images: brightness and contrast"
+    return augmentations, reason
+
+
+def train_size(fingerprint: dict, settings: dict) -> int:
+    subsets = fingerprint.get("n_by_subset", {})
+    if "train" in subsets:
+        return max(1, int(subsets["train"] * (1 - settings["val_fraction"])))
+    n = fingerprint["n_images"]
+    return max(1, int(n * (1 - settings["test_fraction"]) * (1 - settings["val_fraction"])))
+
+
+def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=None, measure=measure_step) -> dict:
+    """The plan for one dataset: every planned key with its value, its source (user, rules, library or
+    pinned plan) and a one-line reason.
+
+    Args:
+        settings: the dataset's resolved settings; `auto_keys` lists the keys the user left unset.
+        library: the results library (snakescope.library.load_library), or None for rules only.
+        measure: the step measurement (tests pass a cheaper one).
+    """
+    task = fingerprint["task"]
+    auto = set(settings.get("auto_keys", []))
+    chosen: dict[str, dict] = {}
+
+    def choose(key, value, source, reason):
+        if key in auto:
+            chosen[key] = {"value": value, "source": source, "reason": reason}
+        else:
+            chosen[key] = {"value": settings[key], "source": "user", "reason": "set in the config"}
+
+    # Model: library first, rules when it has nothing for this task.
+    from snakescope.models import MODELS, models_for
+
+    candidates = [m for m in models_for(task, fingerprint["spatial_dims"]) if m != "maskrcnn" or resources.device == "cuda"]
+    recommendation = None
+    if "models" in auto and library is not None:
+        from snakescope.library import fingerprint_features, recommend_model
+
+        recommendation = recommend_model(fingerprint_features(fingerprint), task, library, candidates)
+    if recommendation:
+        choose("models", [recommendation.model], "library", " ".join(recommendation.reasons()))
+    else:
+        rule_model = RULE_MODEL[(task, resources.device)]
+        why = "classification: AIMIC's pick" if task == "classification" else "U-Net family"
+        choose("models", [rule_model], "rules",
+               f"no results for {task} in the library; {why} for {resources.device.upper()}: {MODELS[rule_model].description}")
+    model = chosen["models"]["value"][0]
+
+    if task == "classification":
+        chosen["patch_size"] = {"value": settings["patch_size"], "source": "user" if "patch_size" not in auto else "rules",
+                                "reason": "classification uses whole images (resize), no patches"}
+        sample_shape = list(fingerprint.get("resized_to") or fingerprint["shape_median"])
+    else:
+        patch = plan_patch_size(fingerprint, settings["patch_size"], resources.device)
+        choose("patch_size", patch, "rules",
+               f"largest power of two within the median image {fingerprint['shape_median']} and the "
+               f"{resources.device.upper()} cap of {MAX_PATCH[(resources.device, fingerprint['spatial_dims'])]}")
+        sample_shape = list(chosen["patch_size"]["value"])
+    sample_shape = [int(s) for s in sample_shape[-fingerprint["spatial_dims"]:]]
+
+    n_train = train_size(fingerprint, settings)
+    needs_measure = {"batch_size", "epochs"} & auto and model != "maskrcnn"
+    cost = measure(model, fingerprint, sample_shape, resources.device) if needs_measure else None
+    if cost is not None:
+        batch, reason = plan_batch_size(task, cost, resources, n_train)
+        choose("batch_size", batch, "rules", reason)
+    else:
+        choose("batch_size", 2 if model == "maskrcnn" else settings["batch_size"], "rules", "Mask R-CNN: two images per step")
+    batch = chosen["batch_size"]["value"]
+    if cost is not None:
+        per_image = 1 if task == "classification" else int(min(16, max(1, round(
+            np.prod(fingerprint["shape_median"][-fingerprint["spatial_dims"]:]) / np.prod(sample_shape)))))
+        samples = n_train * per_image
+        if settings.get("max_batches_per_epoch"):
+            samples = min(samples, settings["max_batches_per_epoch"] * batch)
+        runs = len(settings.get("seeds") or [0]) * len(chosen["models"]["value"])
+        epochs, reason = plan_epochs(cost.seconds_per_sample, samples, runs, resources, settings["epochs"])
+        choose("epochs", epochs, "rules", reason)
+    else:
+        choose("epochs", settings["epochs"], "rules", "schema default with early stopping")
+    normalisation, reason = plan_normalisation(fingerprint)
+    choose("normalisation", normalisation, "rules", reason)
+    augmentations, reason = plan_augmentations(fingerprint)
+    choose("augmentations", augmentations, "rules", reason)
+
+    return {
+        "dataset": fingerprint["dataset"],
+        "task": task,
+        "resources": {**resources.__dict__, "summary": resources.describe()},
+        "settings": {key: item["value"] for key, item in chosen.items()},
+        "decisions": chosen,
+        "library": None if recommendation is None else {
+            "neighbours": recommendation.neighbours, "candidates": recommendation.candidates,
+        },
+        "measured": None if cost is None else {"model": model, "sample_shape": sample_shape, **cost.__dict__},
+    }
+
+
+def pin_plan(settings: dict, pinned: dict, fingerprint: dict) -> dict:
+    """A user's plan file, checked against the schema's values for the keys it sets."""
+    from snakescope.config import ConfigError, load_schema
+
+    properties = load_schema()["$defs"]["settings"]["properties"]
+    values = pinned.get("settings", {})
+    unknown = sorted(set(values) - set(PLANNED_KEYS))
+    if unknown:
+        raise ConfigError(f"plan {settings['plan']}: keys {unknown} cannot be planned; a plan sets only {list(PLANNED_KEYS)}.")
+    import jsonschema
+
+    for key, value in values.items():
+        try:
+            jsonschema.validate(value, properties[key])
+        except jsonschema.ValidationError as error:
+            raise ConfigError(f"plan {settings['plan']}: {key} = {value!r} is not allowed ({error.message}). "
+                              "Edit the plan file or remove the key to let snakescope choose.") from error
+    decisions = {key: {"value": value, "source": "pinned plan", "reason": f"from {settings['plan']}"}
+                 for key, value in values.items()}
+    for key in PLANNED_KEYS:
+        if key not in decisions:
+            decisions[key] = {"value": settings[key], "source": "user", "reason": "set in the config or its default"}
+    return {**pinned, "dataset": fingerprint["dataset"], "task": fingerprint["task"],
+            "settings": {k: d["value"] for k, d in decisions.items()}, "decisions": decisions}
+
+
+def apply_plan(settings: dict, plan_json: str) -> dict:
+    """`settings` with the planned values of the keys the user left unset (the user's own values win)."""
+    plan = read_json(plan_json)
+    auto = set(settings.get("auto_keys", []))
+    pinned = plan.get("decisions", {})
+    return {
+        **settings,
+        **{key: value for key, value in plan["settings"].items()
+           if key in auto or pinned.get(key, {}).get("source") == "pinned plan"},
+    }
+
+
+def write_plan(settings: dict, fingerprint_json: str, plan_out: str, table_out: str, threads: int = 1) -> dict:
+    """The `recommend` rule: plan one dataset and write plan.json and a one-row-per-setting table."""
+    import pandas as pd
+    import torch
+
+    from snakescope.io import write_json, write_table
+
+    torch.set_num_threads(max(1, threads))
+    fingerprint = read_json(fingerprint_json)
+    if settings.get("plan"):
+        plan = pin_plan(settings, read_json(settings["plan"]), fingerprint)
+    else:
+        resources = detect_resources(settings)
+        library = None
+        if settings.get("results_library") and "models" in settings.get("auto_keys", []):
+            from snakescope.library import load_library
+
+            library = load_library(settings["results_library"])
+            log.info("results library: %d runs on %d datasets", len(library), library["dataset_checksum"].nunique())
+        log.info("planning %s on %s", fingerprint["dataset"], resources.describe())
+        plan = make_plan(settings, fingerprint, resources, library)
+    for key, decision in plan["decisions"].items():
+        log.info("%s = %s (%s): %s", key, decision["value"], decision["source"], decision["reason"])
+    table = pd.DataFrame(
+        [{"setting": k, "value": d["value"], "source": d["source"], "reason": d["reason"]}
+         for k, d in plan["decisions"].items()]
+    )
+    write_table(table, table_out)
+    write_json(plan, plan_out)
+    return plan
