@@ -208,3 +208,13 @@ def test_a_pinned_plan_is_checked_and_wins(tmp_path):
         pin_plan(settings, {"settings": {"batch_size": 0}}, fingerprint(task="segmentation"))
     with pytest.raises(ConfigError, match="cannot be planned"):
         pin_plan(settings, {"settings": {"seed": 3}}, fingerprint(task="segmentation"))
+
+
+def test_denoising_gets_a_dataset_wide_normalisation_for_residual_learning():
+    from snakescope.planner import plan_normalisation
+
+    denoising = fingerprint(task="regression", channels=1, target_channels=1)
+    assert plan_normalisation(denoising)[0] == "dataset_zscore"
+    label_free = fingerprint(task="regression", channels=13, target_channels=1)
+    assert plan_normalisation(label_free)[0] == "percentile"
+    assert plan_normalisation(fingerprint(source_dtypes={"float32": 3}))[0] == "zscore"

@@ -395,6 +395,12 @@ def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
         str(out / "card.json"),
     )
     assert card["output"]["input_residual"] is not None  # same units in and out, dataset-level normalisation
+    direct = fit(
+        *(str(out / name) for name in ("arrays.npz", "samples.tsv", "split.json", "plan.json", "fingerprint.json")),
+        TrainConfig.from_settings({**settings, "residual_learning": False}, "unet_small", 0),
+        *(str(out / "direct" / name) for name in ("model.pt", "history.tsv", "card.json")),
+    )
+    assert direct["output"]["input_residual"] is None  # the config switched residual learning off
     predict_dataset(
         str(out / "model.pt"),
         str(out / "arrays.npz"),

@@ -4,7 +4,7 @@ One snakemake run through `--profile profiles/slurm` (3.5 to 5.5 min measured on
 plus 1.5 min for the local run; see README.md) does everything this module checks:
 
 * a small real dataset (WBC, Zheng 2018, Dataset 2: 100 images, 32x32, mobilenet_v2, 4 short epochs)
-  goes through every rule, each as its own sbatch job: train, predict and uncertainty in partition
+  goes through every rule, each as its own sbatch job: recommend, train, predict and uncertainty in partition
   `gpu` with a GPU allocated, convert, split, augment and evaluate in partition `cpu`;
 * the train job is cancelled (`scancel`) once its resume checkpoint holds a finished epoch; the
   train rule's `retries` resubmit it and it resumes from that checkpoint, not from epoch 0;
@@ -41,7 +41,7 @@ SLURM_SH = PROJECT / "tests" / "cluster" / "slurm.sh"
 STATE_DIR = Path(os.environ.get("SNAKESCOPE_SLURM_DIR", "/tmp/snakescope-slurm"))
 RUN_TIMEOUT_S = 1500  # the whole SLURM run; 3.5 to 5.5 min measured on 2 busy shared cores
 EPOCHS = 4
-GPU_RULES = {"train", "predict", "uncertainty"}
+GPU_RULES = {"recommend", "train", "predict", "uncertainty"}
 CPU_RULES = {"convert", "split", "augment", "evaluate"}
 
 
@@ -234,7 +234,7 @@ def test_every_job_went_through_sbatch_to_its_partition(slurm_run):
     print(f"SLURM run: {slurm_run['slurm_seconds']:.0f} s; jobs: {json.dumps(jobs, indent=1)}")
     workdir = slurm_run["workdir"]
     ran = {job["id"]: job for job in jobs}
-    logs = {rule: workdir / f"logs/wbc/{rule}.log" for rule in ("convert", "split", "augment")}
+    logs = {rule: workdir / f"logs/wbc/{rule}.log" for rule in ("convert", "split", "recommend", "augment")}
     logs.update(
         {rule: workdir / f"logs/wbc/mobilenet_v2/seed0/{rule}.log" for rule in GPU_RULES | {"evaluate"}}
     )

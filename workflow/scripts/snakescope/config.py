@@ -283,6 +283,7 @@ class TrainConfig:
     pretrained_weights: str | None = None
     max_batches_per_epoch: int | None = None
     device: str = "auto"
+    residual_learning: bool = True
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], model: str, seed: int) -> TrainConfig:
@@ -302,6 +303,7 @@ class TrainConfig:
             pretrained_weights=settings.get("pretrained_weights"),
             max_batches_per_epoch=settings.get("max_batches_per_epoch"),
             device=settings.get("device", "auto"),
+            residual_learning=bool(settings.get("residual_learning", True)),
         )
 
 
@@ -351,6 +353,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "pretrained_weights",
         "max_batches_per_epoch",
         "device",
+        "residual_learning",
     ),
     "predict": ("threshold", "device"),
     "uncertainty": ("mc_samples", "device", "threshold"),

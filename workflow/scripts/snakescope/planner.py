@@ -209,6 +209,11 @@ def plan_epochs(seconds_per_sample: float, samples_per_epoch: int, runs: int, re
 
 def plan_normalisation(fingerprint: dict) -> tuple[str, str]:
     dtypes = fingerprint.get("source_dtypes") or {}
+    if fingerprint["task"] == "regression" and fingerprint["channels"] == fingerprint.get("target_channels", 1):
+        return "dataset_zscore", (
+            "input and target share channels and units (e.g. denoising): one scaling for every image keeps "
+            "the identity learnable, so the network learns the correction to the input"
+        )
     if any(np.dtype(d).kind == "f" for d in dtypes):
         return "zscore", "float images (no fixed range): zero mean, unit variance per image"
     return "percentile", "integer images: 1st-99th percentile to 0-1 per image, robust to hot pixels"

@@ -59,6 +59,7 @@ _COST_COLUMNS = [
     "predict_peak_gpu_mb",
     "mean_uncertainty",
     "accuracy_most_certain_20pct",
+    "mae_most_certain_20pct",
     "device",
     "cpu",
     "cpu_count",
@@ -126,7 +127,9 @@ def collect_run(
     if uncertainty_json and Path(uncertainty_json).is_file():
         uncertainty = read_json(uncertainty_json)
         row["mean_uncertainty"] = uncertainty.get("mean_uncertainty")
-        row["accuracy_most_certain_20pct"] = uncertainty.get("accuracy_most_certain_20pct")
+        # classification/segmentation report accuracy, regression the mean absolute error
+        for key in ("accuracy_most_certain_20pct", "mae_most_certain_20pct"):
+            row[key] = uncertainty.get(key)
     row.update(
         {
             "git_commit": commit,

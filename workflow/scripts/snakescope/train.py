@@ -172,7 +172,8 @@ def fit(
         # uncertainty map outputs back to the target's units (snakescope.regression).
         plan = {**plan, "target_normalisation": fit_target_normalisation(arrays_npz, split["train"],
                                                                          plan["spatial_dims"])}
-        plan["input_residual"] = input_residual(plan, fingerprint)  # None unless input ~ target units
+        # None unless input ~ target units (and the config allows it)
+        plan["input_residual"] = input_residual(plan, fingerprint) if cfg.residual_learning else None
     samples = read_samples(samples_tsv)
     work_dir = Path(work_dir or Path(model_out).parent)
 
