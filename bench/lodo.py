@@ -24,7 +24,14 @@ import numpy as np
 import pandas as pd
 
 from snakescope.config import DEFAULT_MODEL
-from snakescope.library import FEATURES, SHIPPED_LIBRARY, dataset_results, load_library, read_sqlite, recommend_model
+from snakescope.library import (
+    FEATURES,
+    SHIPPED_LIBRARY,
+    dataset_results,
+    load_library,
+    read_sqlite,
+    recommend_model,
+)
 from snakescope.planner import RULE_MODEL
 
 
@@ -43,7 +50,7 @@ def evaluate(library: pd.DataFrame, k: int) -> pd.DataFrame:
         choice = recommend_model(features, task, library, list(scores.index), k=k, exclude_dataset=dataset)
         best = scores.idxmax()
 
-        def regret(model):
+        def regret(model, scores=scores):
             return 100.0 * (scores.max() - scores[model]) if model in scores else np.nan
 
         recommended = choice.model if choice else None
