@@ -218,3 +218,11 @@ def test_denoising_gets_a_dataset_wide_normalisation_for_residual_learning():
     label_free = fingerprint(task="regression", channels=13, target_channels=1)
     assert plan_normalisation(label_free)[0] == "percentile"
     assert plan_normalisation(fingerprint(source_dtypes={"float32": 3}))[0] == "zscore"
+
+
+def test_models_that_needed_more_gpu_memory_are_not_recommended():
+    from snakescope.planner import too_large_for
+
+    library = pd.DataFrame({"model": ["big", "big", "small"], "train_peak_gpu_mb": [20_000, None, 3_000]})
+    assert too_large_for(library, GPU) == {"big"}  # 16 GB x 0.8 = 13,107 MB
+    assert too_large_for(library, CPU) == set()

@@ -237,6 +237,17 @@ def train_size(fingerprint: dict, settings: dict) -> int:
     return max(1, int(n * (1 - settings["test_fraction"]) * (1 - settings["val_fraction"])))
 
 
+def too_large_for(library, resources: Resources) -> set[str]:
+    """Models whose recorded training peak exceeded this GPU's memory share in an earlier run."""
+    if resources.device != "cuda" or library.empty:
+        return set()
+    import pandas as pd
+
+    peaks = pd.to_numeric(library["train_peak_gpu_mb"], errors="coerce").groupby(library["model"]).max()
+    limit_mb = GPU_MEMORY_SHARE * resources.gpu_memory_gb * 1024
+    return set(peaks[peaks > limit_mb].index)
+
+
 def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=None, measure=measure_step) -> dict:
     """The plan for one dataset: every planned key with its value, its source (user, rules, library or
     pinned plan) and a one-line reason.
@@ -264,6 +275,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
     if "models" in auto and library is not None:
         from snakescope.library import fingerprint_features, recommend_model
 
+        candidates = [m for m in candidates if m not in too_large_for(library, resources)]
         recommendation = recommend_model(fingerprint_features(fingerprint), task, library, candidates)
     if recommendation:
         choose("models", [recommendation.model], "library", " ".join(recommendation.reasons()))
