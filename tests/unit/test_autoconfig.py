@@ -226,3 +226,16 @@ def test_models_that_needed_more_gpu_memory_are_not_recommended():
     library = pd.DataFrame({"model": ["big", "big", "small"], "train_peak_gpu_mb": [20_000, None, 3_000]})
     assert too_large_for(library, GPU) == {"big"}  # 16 GB x 0.8 = 13,107 MB
     assert too_large_for(library, CPU) == set()
+
+
+def test_recommend_reruns_only_for_what_the_plan_depends_on(tmp_path):
+    from snakescope.config import stage_settings
+
+    fixed = settings_for({"task": "segmentation", "data_dir": str(tmp_path), "models": ["unet"], "epochs": 5,
+                          "batch_size": 4})
+    keys = stage_settings(fixed, "recommend")
+    # epochs, batch size and models were set: changing them (or adding a model) must not re-plan
+    assert not {"models", "epochs", "batch_size", "seeds"} & set(keys)
+    measured = settings_for({"task": "segmentation", "data_dir": str(tmp_path), "models": ["unet"]})
+    # batch size and epochs are planned from a measured step of the user's model and patch
+    assert {"models", "patch_size", "batch_size", "epochs"} <= set(stage_settings(measured, "recommend"))

@@ -360,6 +360,23 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# User-set values the planner reads only to measure a training step (the model and its input size) and
+# to share a time budget (the number of seeds).
+_MEASURE_KEYS = ("models", "patch_size", "seeds")
+
+
 def stage_settings(settings: dict, stage: str) -> dict:
-    """The subset of one dataset's settings that `stage` depends on."""
-    return {key: settings.get(key) for key in STAGE_KEYS[stage]}
+    """The subset of one dataset's settings that `stage` depends on.
+
+    For `recommend`, a value the user set is not planned, so it is left out unless the measurement needs
+    it: changing `epochs` or adding a model then retrains without re-planning every run of the dataset.
+    """
+    keys = STAGE_KEYS[stage]
+    if stage == "recommend":
+        auto = set(settings.get("auto_keys", []))
+        measures = bool(auto & {"batch_size", "epochs"})
+        keys = [
+            k for k in keys
+            if k in auto or (k not in PLANNED_KEYS and k != "seeds") or (measures and k in _MEASURE_KEYS)
+        ]
+    return {key: settings.get(key) for key in keys}
