@@ -9,8 +9,9 @@ recommendation is scored against that dataset's real results:
 
 * regret: points (headline metric x 100: accuracy, IoU, ...) below the best model in hindsight;
 * hit: the recommendation is the best model, or within 1 point of it;
-* compared with a fixed default (snakescope's pre-planner defaults: resnet50, unet) and with the
-  planner's cold-start rule for a CPU (mobilenet_v2, unet_small).
+* compared with the model that is best on average over the other datasets (no similarity), a fixed
+  default (snakescope's pre-planner defaults: resnet50, unet), the planner's cold-start rule for a CPU
+  (mobilenet_v2, unet_small) and a model drawn at random (expected regret).
 
 Prints a Markdown table per dataset and a summary line per strategy (docs/autoconfig.md holds the output).
 """
@@ -53,6 +54,11 @@ def evaluate(library: pd.DataFrame, k: int) -> pd.DataFrame:
         def regret(model, scores=scores):
             return 100.0 * (scores.max() - scores[model]) if model in scores else np.nan
 
+        # "global": the model with the lowest mean regret over the other datasets of the task, ignoring
+        # which are similar; what the nearest-neighbour step must beat to be worth having.
+        others = results[(results["task"] == task) & (results["dataset"] != dataset)
+                         & results["model"].isin(scores.index)]
+        global_pick = others.groupby("model")["regret"].mean().idxmin() if not others.empty else None
         recommended = choice.model if choice else None
         default, rule = DEFAULT_MODEL[task], RULE_MODEL[(task, "cpu")]
         rows.append({
@@ -60,6 +66,7 @@ def evaluate(library: pd.DataFrame, k: int) -> pd.DataFrame:
             "best": f"{best} {scores[best]:.3f}",
             "recommended": f"{recommended} {scores[recommended]:.3f}" if recommended else "none",
             "regret_recommended": regret(recommended) if recommended else np.nan,
+            "regret_global": regret(global_pick) if global_pick else np.nan,
             "regret_default": regret(default),
             "regret_rule": regret(rule),
             "regret_random": float(np.mean([regret(m) for m in scores.index])),
@@ -70,7 +77,7 @@ def evaluate(library: pd.DataFrame, k: int) -> pd.DataFrame:
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     lines = []
-    for strategy in ("recommended", "default", "rule", "random"):
+    for strategy in ("recommended", "global", "default", "rule", "random"):
         regrets = table[f"regret_{strategy}"].dropna()
         lines.append({
             "strategy": strategy,

@@ -37,10 +37,24 @@ RUN_COLUMNS = [
     "seconds_per_image_batch1", "train_seconds", "train_peak_gpu_mb", "n_parameters", "epochs_run",
     "device", "gpu", "git_commit", "config_hash", "dataset_checksum",
 ]
-FEATURES = [
-    "log_images", "log_pixels", "spatial_dims", "channels", "bit_depth", "intensity_cv",
-    "brightness_spread", "n_classes", "imbalance", "foreground_fraction", "log_object_area",
-]
+# Feature -> the smallest difference that matters (in the feature's own units). Distances divide each
+# feature by its spread over the library's datasets, but never by less than this: with a handful of
+# datasets, a feature that happens to be nearly equal on all of them (brightness spread 0.073 and 0.074)
+# would otherwise turn a small difference into dozens of standard deviations and decide alone.
+FEATURE_RESOLUTION = {
+    "log_images": 0.3,  # a factor of two in the number of images
+    "log_pixels": 0.3,
+    "spatial_dims": 1.0,
+    "channels": 1.0,
+    "bit_depth": 8.0,
+    "intensity_cv": 0.1,
+    "brightness_spread": 0.05,
+    "n_classes": 1.0,
+    "imbalance": 0.3,
+    "foreground_fraction": 0.1,
+    "log_object_area": 0.3,
+}
+FEATURES = list(FEATURE_RESOLUTION)
 
 
 def fingerprint_features(fingerprint: dict) -> dict[str, float]:
@@ -201,13 +215,13 @@ def recommend_model(
     library datasets of the same task; None when the library holds no dataset of this task with any of
     the candidates.
 
-    Similarity: Euclidean distance between standardised feature vectors (features scaled over the
-    library's datasets of this task). Each neighbour's vote is weighted 1 / (distance + 0.5), so an
+    Similarity: Euclidean distance between standardised feature vectors (each feature divided by its
+    standard deviation over the library's datasets of this task, or by its FEATURE_RESOLUTION when that
+    is larger). Each neighbour's vote is weighted 1 / (distance + 0.5), so an
     identical dataset counts most but never alone. A candidate's predicted regret is the weighted mean of
     its regret on the neighbours that ran it; ties go to the faster model.
     """
     from sklearn.neighbors import NearestNeighbors
-    from sklearn.preprocessing import StandardScaler
 
     results = dataset_results(library[library["task"] == task]) if not library.empty else pd.DataFrame()
     if results.empty:
@@ -218,12 +232,11 @@ def recommend_model(
     datasets = results.drop_duplicates("dataset_checksum").reset_index(drop=True)
     if datasets.empty:
         return None
-    scaler = StandardScaler().fit(datasets[FEATURES].astype(float).to_numpy())
-    # A feature constant over the library has scale 1 after StandardScaler; leave it so.
-    search = NearestNeighbors(n_neighbors=min(k, len(datasets))).fit(
-        scaler.transform(datasets[FEATURES].astype(float).to_numpy())
-    )
-    query = scaler.transform(np.array([[features[f] for f in FEATURES]], dtype=float))
+    known = datasets[FEATURES].astype(float).to_numpy()
+    scale = np.maximum(known.std(axis=0), [FEATURE_RESOLUTION[f] for f in FEATURES])
+    centre = known.mean(axis=0)
+    search = NearestNeighbors(n_neighbors=min(k, len(datasets))).fit((known - centre) / scale)
+    query = (np.array([[features[f] for f in FEATURES]], dtype=float) - centre) / scale
     distances, indices = search.kneighbors(query)
     neighbours = []
     for distance, index in zip(distances[0], indices[0], strict=True):
