@@ -71,3 +71,23 @@ def test_without_a_library_the_rules_plan_within_the_time_budget(auto_run, tmp_p
     assert plan["settings"]["models"] == ["unet_small"]  # CPU
     assert "1 min budget" in plan["decisions"]["epochs"]["reason"]
     assert not (tmp_path / "results/cells/unet_small").exists()  # recommend_only trains nothing
+
+
+def test_a_dataset_that_cannot_be_planned_does_not_hold_back_the_others(auto_run, tmp_path):
+    broken = tmp_path / "broken"
+    for folder in ("image", "groundtruth"):
+        (broken / folder).mkdir(parents=True)
+        (broken / folder / "a.tif").write_bytes(b"not a tiff")
+    config = {
+        "datasets": {
+            "good": {"task": "segmentation", "data_dir": str(auto_run / "cells"), "patch_size": [64, 64]},
+            "broken": {"task": "segmentation", "data_dir": str(broken), "patch_size": [32, 32]},
+        },
+        "epochs": 1,
+        "uncertainty": False,
+        "results_library": None,
+    }
+    process = run_snakemake(tmp_path, write_config(tmp_path, config), "--replace-workflow-config",
+                            "--keep-going", check=False)
+    assert process.returncode != 0 and "broken" in process.stdout + process.stderr
+    assert (tmp_path / "results/good/unet_small/seed0/evaluate/metrics.json").is_file()

@@ -7,6 +7,8 @@ from pathlib import Path
 # scripts, this line does the same for the Snakefile's own input functions.
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
+from snakemake.exceptions import IncompleteCheckpointException
+
 from snakescope.config import resolve_datasets, stage_settings
 from snakescope.convert import list_input_files
 
@@ -35,35 +37,56 @@ def get_models(name):
     return settings["models"]
 
 
-def get_runs():
-    """(dataset, model, seed) for every model to train."""
+def get_dataset_runs(name):
+    """(dataset, model, seed) for every model to train on one dataset."""
     return [
         (name, model, seed)
-        for name, settings in DATASETS.items()
         for model in get_models(name)
-        for seed in settings["seeds"]
+        for seed in DATASETS[name]["seeds"]
     ]
 
 
-def get_run_outputs(path_in_run, *only_if):
-    """`path_in_run` of every run whose dataset has all the `only_if` settings on."""
+def get_runs():
+    """(dataset, model, seed) for every model to train."""
+    return [run for name in DATASETS for run in get_dataset_runs(name)]
+
+
+def run_paths(runs, path_in_run, *only_if):
+    """`path_in_run` of each run whose dataset has all the `only_if` settings on."""
     return [
         f"results/{dataset}/{model}/seed{seed}/{path_in_run}"
-        for dataset, model, seed in get_runs()
+        for dataset, model, seed in runs
         if all(DATASETS[dataset][key] for key in only_if)
     ]
 
 
+def get_run_outputs(path_in_run, *only_if):
+    return run_paths(get_runs(), path_in_run, *only_if)
+
+
 def get_final_output(wildcards=None):
-    outputs = [f"results/{name}/augment/preview.png" for name in DATASETS]
-    outputs += [f"results/{name}/recommend/plan.tsv" for name in DATASETS]
-    outputs += get_run_outputs("train/history.tsv")
+    outputs = []
+    for name in DATASETS:
+        outputs += [
+            f"results/{name}/augment/preview.png",
+            f"results/{name}/recommend/plan.tsv",
+        ]
+        try:
+            runs = get_dataset_runs(name)
+        except IncompleteCheckpointException as pending:
+            # This dataset's models are not planned yet: ask for its plan (a checkpoint target, so
+            # Snakemake calls this function again once it exists) and let the other datasets go on.
+            # Raising instead would hold every dataset back, and a dataset whose input is broken
+            # would stop the others even with --keep-going.
+            outputs.append(pending.targetfile)
+            continue
+        outputs += run_paths(runs, "train/history.tsv")
+        outputs += run_paths(runs, "evaluate/metrics.json", "evaluate")
+        outputs += run_paths(runs, "uncertainty", "uncertainty")
     if any(settings["evaluate"] for settings in DATASETS.values()):
-        outputs += get_run_outputs("evaluate/metrics.json", "evaluate")
         outputs.append("results/summary/leaderboard.tsv")
         if any(settings["results_library"] for settings in DATASETS.values()):
             outputs.append("results/summary/library_rows.tsv")
-    outputs += get_run_outputs("uncertainty", "uncertainty")
     return outputs
 
 
