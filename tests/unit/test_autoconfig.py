@@ -130,10 +130,10 @@ def test_record_accumulates_and_replaces_the_same_run(tmp_path):
 
 
 def test_patch_size_fits_the_median_image_and_the_hardware():
-    assert plan_patch_size(fingerprint(task="segmentation", side=512), [128, 128], "cuda") == [256, 256]
-    assert plan_patch_size(fingerprint(task="segmentation", side=512), [128, 128], "cpu") == [128, 128]
-    assert plan_patch_size(fingerprint(task="segmentation", side=100), [128, 128], "cpu") == [64, 64]
-    assert plan_patch_size(fingerprint(task="segmentation", side=20), [128, 128], "cpu") == [32, 32]
+    assert plan_patch_size(fingerprint(task="segmentation", side=512), "cuda") == [256, 256]
+    assert plan_patch_size(fingerprint(task="segmentation", side=512), "cpu") == [128, 128]
+    assert plan_patch_size(fingerprint(task="segmentation", side=100), "cpu") == [64, 64]
+    assert plan_patch_size(fingerprint(task="segmentation", side=20), "cpu") == [32, 32]
 
 
 def test_batch_size_fills_the_measured_gpu_memory():

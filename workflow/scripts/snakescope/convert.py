@@ -777,12 +777,10 @@ def _median_object_area(masks, background) -> float:
     """Median size (pixels or voxels) of the connected foreground regions: the typical object size."""
     from scipy import ndimage
 
-    areas = []
-    for mask in masks:
-        labels, n = ndimage.label(mask != background)
-        if n:
-            areas.append(np.bincount(labels.ravel())[1:])
-    return float(np.median(np.concatenate(areas))) if areas else 0.0
+    from snakescope.instances import object_areas
+
+    areas = np.concatenate([object_areas(ndimage.label(mask != background)[0]) for mask in masks] or [np.zeros(0)])
+    return float(np.median(areas)) if areas.size else 0.0
 
 
 def list_input_files(settings: dict) -> list[str]:

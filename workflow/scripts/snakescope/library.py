@@ -129,13 +129,7 @@ def record(rows: pd.DataFrame, library_path: str | Path) -> int:
     """
     library_path = Path(library_path)
     library_path.parent.mkdir(parents=True, exist_ok=True)
-    existing = read_sqlite(library_path)
-    if not existing.empty:
-        merged = pd.concat([existing, rows], ignore_index=True)
-        key = merged[ROW_KEY].astype(str).agg("|".join, axis=1)
-        merged = merged[~key.duplicated(keep="last")]
-    else:
-        merged = rows
+    merged = _latest_per_run([read_sqlite(library_path), rows])
     with atomic_path(library_path) as tmp, sqlite3.connect(tmp) as connection:
         merged.to_sql(TABLE, connection, index=False)
     return len(merged)
@@ -155,6 +149,11 @@ def load_library(library_path: str | Path | None, shipped: str | Path | None = S
         frames.append(pd.read_csv(shipped, sep="\t"))
     if library_path:
         frames.append(read_sqlite(library_path))
+    return _latest_per_run(frames)
+
+
+def _latest_per_run(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames' rows together, one per run (ROW_KEY): a later frame's row replaces an earlier one."""
     frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame(columns=RUN_COLUMNS + FEATURES)

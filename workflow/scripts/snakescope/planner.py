@@ -92,14 +92,14 @@ def _power_of_two_at_most(value: float) -> int:
     return 2 ** int(math.floor(math.log2(max(1.0, value))))
 
 
-def plan_patch_size(fingerprint: dict, configured: list[int], device: str) -> list[int]:
-    """Per axis: the largest power of two that fits the median image, within the hardware's cap."""
+def plan_patch_size(fingerprint: dict, device: str) -> list[int]:
+    """Per axis: the largest power of two that fits the median image, within the hardware's cap.
+
+    The number of axes is the fingerprint's, which `convert` took from the configured patch size.
+    """
     dims = fingerprint["spatial_dims"]
-    median = fingerprint["shape_median"]
     cap = MAX_PATCH[(device, dims)]
-    patch = [max(MIN_PATCH[dims], min(cap, _power_of_two_at_most(side))) for side in median[-dims:]]
-    # A 3D config may give fewer planes than the cap; keep the configured axis count either way.
-    return patch[-len(configured):] if len(configured) <= len(patch) else patch
+    return [max(MIN_PATCH[dims], min(cap, _power_of_two_at_most(side))) for side in fingerprint["shape_median"][-dims:]]
 
 
 def out_channels(fingerprint: dict) -> int:
@@ -291,7 +291,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
                                 "reason": "classification uses whole images (resize), no patches"}
         sample_shape = list(fingerprint.get("resized_to") or fingerprint["shape_median"])
     else:
-        patch = plan_patch_size(fingerprint, settings["patch_size"], resources.device)
+        patch = plan_patch_size(fingerprint, resources.device)
         choose("patch_size", patch, "rules",
                f"largest power of two within the median image {fingerprint['shape_median']} and the "
                f"{resources.device.upper()} cap of {MAX_PATCH[(resources.device, fingerprint['spatial_dims'])]}")
@@ -305,11 +305,13 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
         batch, reason = plan_batch_size(task, cost, resources, n_train)
         choose("batch_size", batch, "rules", reason)
     else:
-        choose("batch_size", 2 if model == "maskrcnn" else settings["batch_size"], "rules", "Mask R-CNN: two images per step")
+        choose("batch_size", 2, "rules", "Mask R-CNN: two images per step")  # measured otherwise
     batch = chosen["batch_size"]["value"]
     if cost is not None:
-        per_image = 1 if task == "classification" else int(min(16, max(1, round(
-            np.prod(fingerprint["shape_median"][-fingerprint["spatial_dims"]:]) / np.prod(sample_shape)))))
+        from snakescope.train import patches_for_area
+
+        per_image = 1 if task == "classification" else patches_for_area(
+            np.prod(fingerprint["shape_median"][-fingerprint["spatial_dims"]:]), sample_shape)
         samples = n_train * per_image
         if settings.get("max_batches_per_epoch"):
             samples = min(samples, settings["max_batches_per_epoch"] * batch)

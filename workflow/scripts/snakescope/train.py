@@ -81,8 +81,12 @@ def patches_per_image(items: list[dict], plan: dict, cap: int = 16) -> int:
     handful of steps. 1 for classification, whose images are used whole."""
     if not plan.get("patch_size"):
         return 1
-    image_area = np.median([np.prod(it["image"].shape[1:]) for it in items])
-    return int(min(cap, max(1, round(image_area / np.prod(plan["patch_size"])))))
+    return patches_for_area(np.median([np.prod(it["image"].shape[1:]) for it in items]), plan["patch_size"], cap)
+
+
+def patches_for_area(image_area: float, patch_size, cap: int = 16) -> int:
+    """Random patches per image and epoch for an image of `image_area` pixels (see patches_per_image)."""
+    return int(min(cap, max(1, round(image_area / np.prod(patch_size)))))
 
 
 def _config_hash(cfg: TrainConfig, split: dict, plan: dict) -> str:
