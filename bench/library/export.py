@@ -2,8 +2,9 @@
 
     python bench/library/export.py WORKDIR [OUT_TSV]
 
-WORKDIR is where bench/library/run.sh ran: its leaderboard and each dataset's fingerprint become
-library rows (snakescope.library.library_rows). Sorted, so a re-export of the same run is identical.
+WORKDIR is where bench/run_matrix.sh ran bench/library/config.yaml: its leaderboard and each dataset's
+fingerprint become library rows (snakescope.library.library_rows). Sorted, so a re-export of the same run
+is identical.
 """
 
 from __future__ import annotations

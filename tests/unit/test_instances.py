@@ -238,6 +238,41 @@ def test_maskrcnn_trains_one_step_and_paints_instances():
     assert set(np.unique(predicted)) - {0} == set(scores)
 
 
+@pytest.mark.slow
+def test_score_threshold_tuning_equals_painting_at_each_threshold():
+    """One pass at the lowest threshold, objects below t dropped, must equal painting at t (the shortcut
+    tune_score_threshold takes); the chosen threshold is the one with the best validation PQ."""
+    torch = pytest.importorskip("torch")
+    from skimage.segmentation import relabel_sequential
+
+    torch.manual_seed(1)
+    model = ins.build_maskrcnn(in_channels=1, sizes=(8, 16, 32, 64, 128), image_size=64, backbone="resnet18")
+    model.roi_heads.detections_per_img = 30
+    labels = squares(shape=(64, 64), boxes=[(4, 4, 12, 12), (30, 30, 10, 14), (44, 6, 9, 9)])
+    image = torch.as_tensor((labels > 0).astype(np.float32))[None]
+    lowest, lowest_scores = ins.maskrcnn_instances(model, image, min(ins.SCORE_THRESHOLDS), min_area=2)
+    assert len(lowest_scores) > 3  # random weights score around 0.5: the thresholds do cut
+    for threshold in ins.SCORE_THRESHOLDS:
+        direct, _ = ins.maskrcnn_instances(model, image, threshold, min_area=2)
+        dropped = [i for i, score in lowest_scores.items() if score < threshold]
+        shortcut = relabel_sequential(np.where(np.isin(lowest, dropped), 0, lowest))[0]
+        np.testing.assert_array_equal(shortcut, direct)
+    item = {"id": "a", "image": image.numpy(), "label": labels[None]}
+    best, pq = ins.tune_score_threshold(model, [item], 2, "cpu")
+    assert set(pq) == {str(t) for t in ins.SCORE_THRESHOLDS} and pq[str(best)] == max(pq.values())
+    assert ins.tune_score_threshold(model, [{"id": "b", "image": image.numpy()}], 2, "cpu") == (
+        ins.MASKRCNN_SCORE_THRESHOLD,
+        {},
+    )
+
+
+def test_detectors_are_registered_models():
+    from snakescope.models import MODELS
+
+    assert all(ins.is_detector(name) for name in ins.MASKRCNN_BACKBONES)
+    assert set(ins.MASKRCNN_BACKBONES) <= set(MODELS) and not ins.is_detector("unet")
+
+
 def test_panoptic_quality_agrees_with_instance_metrics():
     truth = squares(boxes=[(0, 0, 10, 10), (20, 20, 10, 10)])
     prediction = squares(boxes=[(0, 2, 10, 10), (30, 50, 5, 5)])

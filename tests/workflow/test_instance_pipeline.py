@@ -1,18 +1,14 @@
 """Instance segmentation through the real workflow: Snakemake, all seven rules, CPM-15 H&E nuclei, both
 methods (tests/workflow/configs/cpm15.yaml). One run, shared by the tests of this module.
 
-What it asserts, and what it cannot:
+What it asserts: U-Net + watershed and Mask R-CNN (ResNet-18 FPN, from scratch) each beat the trivial
+baseline (connected components of an Otsu threshold) on AJI and on F1 at IoU 0.5, after a few CPU
+epochs; both write valid instance images, the field's metrics and per-object uncertainty.
 
-* U-Net + watershed beats the trivial baseline (connected components of an Otsu threshold) on AJI and
-  on F1 at IoU 0.5, after a few CPU epochs.
-* Mask R-CNN runs through every rule and writes valid instance images, metrics and per-object
-  uncertainty, but is not asserted to beat the baseline: a ResNet-50 detector trained from scratch
-  needs hundreds of GPU steps before it finds nuclei (on an H200, validation F1 at IoU 0.5 was still
-  0.17 after 12 epochs), and a CI-sized CPU budget gives it two. This is a smoke test for it.
-
-Cost, measured on the 2-core development machine: 300 s of CPU time (user + system) for the whole run,
-9.3 minutes of wall time there because the machine was shared (load average about 8). Reached there:
-U-Net AJI 0.33 and F1@0.5 0.33 against the baseline's 0.002 and 0.008; Mask R-CNN found no object.
+Cost, measured on the 2-core development machine: 5.8 minutes of wall time, most of it the detector's
+80 training steps. Reached there: U-Net AJI 0.33 and F1@0.5 0.33, Mask R-CNN AJI 0.23 and F1@0.5 0.24,
+against the baseline's 0.002 and 0.008. These are CI budgets, not a comparison of the methods: see
+bench/instances for that.
 """
 
 from __future__ import annotations
@@ -28,9 +24,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from snakescope import instances as ins
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "tests" / "workflow" / "configs" / "cpm15.yaml"
-RUNS = {"unet": ("cpm15", "unet"), "maskrcnn": ("cpm15_maskrcnn", "maskrcnn")}
+RUNS = {"unet": ("cpm15", "unet"), "maskrcnn": ("cpm15_maskrcnn", "maskrcnn_resnet18")}
 
 pytestmark = pytest.mark.slow
 
@@ -105,19 +103,21 @@ def test_predictions_are_valid_instance_images(results, method):
     assert timing["seconds_per_image_batch1"] > 0
 
 
-def test_unet_watershed_beats_the_otsu_baseline(results):
-    m = metrics(results, "unet")
+@pytest.mark.parametrize("method", sorted(RUNS))
+def test_each_method_beats_the_otsu_baseline(results, method):
+    m = metrics(results, method)
     assert m["aji"] > m["baseline_aji"] + 0.05, m
     assert m["f1_50"] > m["baseline_f1_50"] + 0.05, m
 
 
 def test_maskrcnn_is_scored_like_the_unet(results):
-    # Not asserted to beat the baseline: see the module docstring.
     m, u = metrics(results, "maskrcnn"), metrics(results, "unet")
     assert set(u) - {"dataset", "model"} <= set(m)
     for key in ("aji", "f1_50", "ap_50", "ap_50_95", "pq", "baseline_aji"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["baseline_aji"] == pytest.approx(u["baseline_aji"])  # same split, same baseline
+    threshold = pd.read_csv(run_dir(results, "maskrcnn") / "predict" / "predictions.csv")["threshold"]
+    assert set(threshold) <= set(ins.SCORE_THRESHOLDS)  # the score threshold tuned on validation
 
 
 @pytest.mark.parametrize("method", sorted(RUNS))

@@ -10,9 +10,11 @@ Two methods, chosen by the `models:` entry of the config:
   interior probability) inside the predicted foreground; the marker threshold and the minimum object
   area are tuned on the validation images (`tune_postprocessing`).
 * ``maskrcnn``: torchvision's Mask R-CNN with a ResNet-50 FPN backbone (He et al., ICCV 2017), trained
-  from scratch or from local weights, never downloaded. It has its own training step here
-  (`fit_maskrcnn`), because it learns from a list of boxes, labels and masks per image rather than a
-  class map.
+  from scratch or from local weights, never downloaded; ``maskrcnn_resnet18`` is the same detector on a
+  ResNet-18 FPN, about a third of the compute, for CPUs and small data. It has its own training step
+  here (`fit_maskrcnn`), because it learns from a list of boxes, labels and masks per image rather
+  than a class map. The score a detection needs to be painted is tuned on the validation images
+  (`tune_score_threshold`), as the U-Net's marker threshold is.
 
 Both write one instance label image per test image (YX, uint16 or uint32, 0 = background, one id per
 object). Metrics follow the field: object-level precision / recall / F1 and average precision
@@ -48,7 +50,12 @@ log = logging.getLogger(__name__)
 
 UNET_CLASSES = ("background", "interior", "boundary")
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2).tolist())  # 0.5, 0.55, ..., 0.95
-MASKRCNN_SCORE_THRESHOLD = 0.5  # detections below this score are dropped before painting instances
+MASKRCNN_BACKBONES = {"maskrcnn": "resnet50", "maskrcnn_resnet18": "resnet18"}  # model name -> ResNet
+MASKRCNN_SCORE_THRESHOLD = 0.5  # painting threshold without validation images to tune it on
+# Proposals sampled per training image for the box and mask heads (torchvision: 512). The heads' cost
+# grows with it and dominates a step on the CPU: 256 -> 64 cuts a ResNet-18 step from 4.3 to 1.5 s.
+MASKRCNN_ROIS_PER_IMAGE = 128
+SCORE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # tried on the validation images
 MASKRCNN_MASK_THRESHOLD = 0.5
 MASKRCNN_MAX_DETECTIONS = 1000  # CPM-15 tiles hold up to ~350 nuclei; torchvision's default (100) is too few
 MAX_VAL_TILES = 8
@@ -273,10 +280,23 @@ def anchor_sizes(median_area: float | None) -> tuple[int, ...]:
     return tuple(smallest * 2**k for k in range(5))
 
 
+def is_detector(model_name: str) -> bool:
+    """Whether the model is a Mask R-CNN (trained, predicted and scored by this module's own steps)."""
+    return model_name in MASKRCNN_BACKBONES
+
+
 def build_maskrcnn(
-    in_channels: int, num_classes: int = 2, sizes: tuple[int, ...] | None = None, image_size: int = 256
+    in_channels: int,
+    num_classes: int = 2,
+    sizes: tuple[int, ...] | None = None,
+    image_size: int = 256,
+    backbone: str = "resnet50",
 ) -> torch.nn.Module:
-    """torchvision Mask R-CNN, ResNet-50 FPN, freshly initialised (no download).
+    """torchvision Mask R-CNN on a ResNet FPN backbone, freshly initialised (no download).
+
+    The backbone is built as torchvision's maskrcnn_resnet50_fpn builds it without weights (trainable
+    BatchNorm, all layers trainable), so a ResNet-50 detector keeps the state-dict names of torchvision's
+    COCO file and loads it.
 
     Args:
         in_channels: image channels; the first convolution is rebuilt when it is not 3.
@@ -284,18 +304,19 @@ def build_maskrcnn(
         sizes: anchor size per FPN level (see `anchor_sizes`).
         image_size: min_size = max_size of the internal resize; training crops of this size pass
             unscaled. Prediction sets both to the image's own sides so it is never rescaled.
+        backbone: a torchvision ResNet name (resnet18, resnet50, ...).
 
     Input: list of (C, Y, X) float tensors normalised to about 0..1 (the model subtracts 0.5 and
     divides by 0.25). Output in eval mode: per image a dict of boxes (N, 4) xyxy, labels, scores,
     masks (N, 1, Y, X) probabilities.
     """
     from torch import nn
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-    model = maskrcnn_resnet50_fpn(
-        weights=None,
-        weights_backbone=None,
+    model = MaskRCNN(
+        resnet_fpn_backbone(backbone_name=backbone, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5),
         num_classes=num_classes,
         min_size=image_size,
         max_size=image_size,
@@ -304,7 +325,7 @@ def build_maskrcnn(
         box_detections_per_img=MASKRCNN_MAX_DETECTIONS,
         rpn_pre_nms_top_n_test=3000,
         rpn_post_nms_top_n_test=2000,
-        box_batch_size_per_image=256,
+        box_batch_size_per_image=MASKRCNN_ROIS_PER_IMAGE,
         # Boxes below the painting threshold are dropped before the mask head runs on them: an untrained
         # detector otherwise sends a thousand boxes per image through the mask head.
         box_score_thresh=MASKRCNN_SCORE_THRESHOLD,
@@ -385,6 +406,7 @@ def maskrcnn_instances(
     from torch.nn import functional as F  # noqa: N812
 
     model.eval()
+    model.roi_heads.score_thresh = score_threshold  # boxes below it never reach the mask head
     height, width = image.shape[-2:]
     model.transform.min_size = (int(min(height, width)),)
     model.transform.max_size = int(max(height, width))
@@ -436,14 +458,17 @@ def maskrcnn_instances(
 
 def load_maskrcnn_weights(model, path: str) -> None:
     """Local weights into a Mask R-CNN: a whole detector (e.g. torchvision's COCO file, class-specific
-    layers skipped by shape) or, when no layer name fits, a ResNet-50 classifier into the backbone."""
+    layers skipped by shape) or, when no layer name fits, a ResNet classifier into the backbone."""
     from snakescope.models import load_pretrained
 
     loaded, _ = load_pretrained(model, path)
     if not loaded:
         loaded, _ = load_pretrained(model.backbone.body, path)
     if not loaded:
-        raise ValueError(f"{path}: no tensor fits Mask R-CNN ResNet-50 FPN or its backbone; check the file.")
+        raise ValueError(
+            f"{path}: no tensor fits this Mask R-CNN or its ResNet backbone; check the file and the model "
+            f"(maskrcnn is ResNet-50, maskrcnn_resnet18 ResNet-18)."
+        )
 
 
 def _batchnorm_eval(model) -> None:
@@ -485,9 +510,11 @@ def fit_maskrcnn(
     Each epoch draws random augmented patches (`patch_size`) as the U-Net's training does
     (snakescope.data.TrainBatches, patches per image from snakescope.train.patches_per_image); the
     instance labels follow every geometric transform with nearest-neighbour interpolation and are turned
-    into boxes and masks afterwards. Validation runs on fixed tiles of the
-    validation images: the summed detector losses (BatchNorm frozen, so validation does not change the
-    running statistics) decide early stopping, and F1 at IoU 0.5 is logged as `val_f1`. Adam with the
+    into boxes and masks afterwards. Validation runs on fixed tiles of the validation images (BatchNorm
+    frozen, so validation does not change the running statistics): their panoptic quality at the default
+    score threshold (`val_pq`) picks the best epoch and decides early stopping, as the field selects
+    detectors by a validation metric; the detector losses are only weakly tied to it and are logged as
+    `val_loss`, F1 at IoU 0.5 as `val_f1`. Adam with the
     configured learning rate; gradients clipped to norm 10, since losses from scratch start large.
     """
     import torch
@@ -511,7 +538,8 @@ def fit_maskrcnn(
     patch = int(plan["patch_size"][0])
     sizes = anchor_sizes(fingerprint.get("median_object_area"))
     spec = ModelSpec(cfg.model, cfg.task, fingerprint["channels"], 2, 2, cfg.dropout)
-    model = build_maskrcnn(spec.in_channels, 2, sizes, patch)
+    backbone = MASKRCNN_BACKBONES[cfg.model]
+    model = build_maskrcnn(spec.in_channels, 2, sizes, patch, backbone)
     if cfg.pretrained_weights:
         load_maskrcnn_weights(model, cfg.pretrained_weights)
     model.to(device)
@@ -537,8 +565,9 @@ def fit_maskrcnn(
     run_hash = _config_hash(cfg, split, plan)
     state, best_state = resume_run(work_dir, run_hash, model, optimizer)
     log.info(
-        "training maskrcnn on %s: %d train images (%d patches of %d px per epoch), %d val tiles, "
+        "training %s on %s: %d train images (%d patches of %d px per epoch), %d val tiles, "
         "anchors %s, %d parameters",
+        cfg.model,
         device,
         len(train_items),
         loader.n,
@@ -571,24 +600,27 @@ def fit_maskrcnn(
             optimizer.step()
             total += loss.detach().item() * len(images)
             n_images += len(images)
-        val_loss, val_f1 = _validate_maskrcnn(model, val_tiles, device)
+        val_loss, val_f1, val_pq = _validate_maskrcnn(model, val_tiles, device)
         seconds = time.perf_counter() - started
         row = {
             "epoch": epoch,
             "train_loss": total / max(n_images, 1),
             "val_loss": val_loss,
             "val_f1": val_f1,
+            "val_pq": val_pq,
+            "val_error": 1.0 - val_pq,
             "seconds": seconds,
             "images_per_second": n_images / max(seconds, 1e-9),
         }
-        best_state = finish_epoch(work_dir, run_hash, model, optimizer, state, row) or best_state
+        best_state = finish_epoch(work_dir, run_hash, model, optimizer, state, row, "val_error") or best_state
         log.info(
-            "epoch %d/%d train_loss %.4f val_loss %.4f val_f1 %.4f (%.1fs)%s",
+            "epoch %d/%d train_loss %.4f val_loss %.4f val_f1 %.4f val_pq %.4f (%.1fs)%s",
             epoch,
             cfg.epochs,
             row["train_loss"],
             val_loss,
             val_f1,
+            val_pq,
             seconds,
             " *best*" if row["improved"] else "",
         )
@@ -600,7 +632,7 @@ def fit_maskrcnn(
         "classes": [],
         "mask_values": [],
         "best_epoch": state["best_epoch"],
-        "maskrcnn": {"anchor_sizes": list(sizes), "patch_size": patch},
+        "maskrcnn": {"anchor_sizes": list(sizes), "patch_size": patch, "backbone": backbone},
     }
     with atomic_path(model_out) as tmp:
         torch.save(payload, tmp)
@@ -608,7 +640,7 @@ def fit_maskrcnn(
     card = {
         "model": {
             **spec.to_dict(),
-            "architecture": "torchvision maskrcnn_resnet50_fpn",
+            "architecture": f"torchvision Mask R-CNN, {backbone} FPN",
             "anchor_sizes": list(sizes),
         },
         "input": {
@@ -618,12 +650,12 @@ def fit_maskrcnn(
             "normalisation": plan["normalisation"],
             "size": "any (predicted at native scale)",
         },
-        "output": {"kind": "instance labels", "score_threshold": MASKRCNN_SCORE_THRESHOLD},
+        "output": {"kind": "instance labels", "score_threshold": "tuned on the validation images"},
         "training": {
             "seed": cfg.seed,
             "epochs_run": state["epoch"],
             "best_epoch": state["best_epoch"],
-            "best_val_loss": state["best_val_loss"],
+            "best_val_pq": 1.0 - state.get("best_val_error", float("inf")),
             "early_stopped": state["stale_epochs"] >= cfg.patience,
             "train_seconds": float(sum(r["seconds"] for r in state["history"])),
             "seconds_per_epoch": float(np.mean([r["seconds"] for r in state["history"]] or [0])),
@@ -638,10 +670,11 @@ def fit_maskrcnn(
     return card
 
 
-def _validate_maskrcnn(model, tiles: list[tuple[np.ndarray, np.ndarray]], device) -> tuple[float, float]:
+def _validate_maskrcnn(model, tiles: list[tuple[np.ndarray, np.ndarray]], device) -> tuple[float, float, float]:
+    """(summed detector losses, F1 at IoU 0.5, panoptic quality) on the validation tiles, BatchNorm frozen."""
     import torch
 
-    losses, f1s = [], []
+    losses, scores = [], []
     for image, labels in tiles:
         tensor = torch.as_tensor(np.ascontiguousarray(image)).to(device)
         target = {k: v.to(device) for k, v in maskrcnn_target(labels).items()}
@@ -652,9 +685,9 @@ def _validate_maskrcnn(model, tiles: list[tuple[np.ndarray, np.ndarray]], device
             model.transform.max_size = int(max(labels.shape))
             losses.append(sum(model([tensor], [target]).values()).item())
         predicted, _ = maskrcnn_instances(model, tensor)
-        f1s.append(instance_metrics(labels, predicted)["f1_50"])
+        scores.append(instance_metrics(labels, predicted))
     model.train()
-    return float(np.mean(losses)), float(np.mean(f1s))
+    return float(np.mean(losses)), *(float(np.mean([m[key] for m in scores])) for key in ("f1_50", "pq"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -674,16 +707,19 @@ def unet_probabilities(model, plan: dict, image: np.ndarray, device) -> np.ndarr
 
 
 def _instances_of(
-    model, payload: dict, image: np.ndarray, interior_threshold: float, min_area: int, device
+    model, payload: dict, image: np.ndarray, threshold: float, min_area: int, device
 ) -> tuple[np.ndarray, dict[int, float], np.ndarray | None]:
-    """(labels, {id: detector score} or {}, U-Net probabilities or None) for one (C, Y, X) image."""
+    """(labels, {id: detector score} or {}, U-Net probabilities or None) for one (C, Y, X) image;
+    `threshold` is the U-Net's marker threshold or the detector's score threshold."""
     import torch
 
-    if payload["spec"]["name"] == "maskrcnn":
-        labels, scores = maskrcnn_instances(model, torch.as_tensor(image).to(device), min_area=min_area)
+    if is_detector(payload["spec"]["name"]):
+        labels, scores = maskrcnn_instances(
+            model, torch.as_tensor(image).to(device), score_threshold=threshold, min_area=min_area
+        )
         return labels, scores, None
     probabilities = unet_probabilities(model, payload["plan"], image, device)
-    return watershed_instances(probabilities, interior_threshold, min_area), {}, probabilities
+    return watershed_instances(probabilities, threshold, min_area), {}, probabilities
 
 
 def tune_postprocessing(
@@ -733,26 +769,67 @@ def tune_postprocessing(
     return best[0], best[1], {f"{t}/{a}": v for (t, a), v in scores.items()}
 
 
+def tune_score_threshold(model, val_items: list[dict], min_area: int, device) -> tuple[float, dict[str, float]]:
+    """The detector score threshold (of SCORE_THRESHOLDS) with the best mean panoptic quality on the
+    validation images, the counterpart of the U-Net's `tune_postprocessing`. Detections are painted from
+    the best score down, so the instances at a threshold are those painted at the lowest one less the
+    objects scoring below it: one detection pass per image serves every threshold.
+
+    Returns:
+        (threshold, {"threshold": mean validation PQ}); (MASKRCNN_SCORE_THRESHOLD, {}) without labelled
+        validation images.
+    """
+    import torch
+    from skimage.segmentation import relabel_sequential
+
+    painted = [
+        (*maskrcnn_instances(model, torch.as_tensor(item["image"]).to(device), min(SCORE_THRESHOLDS), 0.5, min_area),
+         item["label"][0])
+        for item in val_items
+        if "label" in item
+    ]
+    if not painted:
+        return MASKRCNN_SCORE_THRESHOLD, {}
+    scores = {}
+    for threshold in SCORE_THRESHOLDS:
+        kept = []
+        for labels, object_scores, truth in painted:
+            dropped = [i for i, score in object_scores.items() if score < threshold]
+            kept.append((relabel_sequential(np.where(np.isin(labels, dropped), 0, labels))[0], truth))
+        scores[threshold] = float(np.mean([panoptic_quality(truth, labels) for labels, truth in kept]))
+    best = max(scores, key=lambda t: (scores[t], -abs(t - MASKRCNN_SCORE_THRESHOLD)))
+    log.info(
+        "detector score threshold %.2f (validation PQ %.3f; at %.2f: %.3f)",
+        best,
+        scores[best],
+        MASKRCNN_SCORE_THRESHOLD,
+        scores[MASKRCNN_SCORE_THRESHOLD],
+    )
+    return best, {str(t): v for t, v in scores.items()}
+
+
 def _prepare(
     model, payload: dict, arrays_npz: str, samples, split: dict, threshold: str | float, device
 ) -> tuple[int, float]:
-    """Set up a loaded model for instances: (minimum object area, U-Net marker threshold).
+    """Set up a loaded model for instances: (minimum object area, U-Net marker or detector score threshold).
 
-    The minimum area starts from the training masks (`minimum_object_area`). The config's `threshold`
-    sets the marker threshold on the interior probability when it is a number; the default ("otsu",
-    meant for binary masks) tunes threshold and minimum area on the validation images instead
-    (`tune_postprocessing`). Mask R-CNN gets its anchor sizes back, and paints detections scoring at
-    least MASKRCNN_SCORE_THRESHOLD.
+    The minimum area starts from the training masks (`minimum_object_area`). For the U-Net, the
+    config's `threshold` sets the marker threshold on the interior probability when it is a number; the
+    default ("otsu", meant for binary masks) tunes threshold and minimum area on the validation images
+    instead (`tune_postprocessing`). Mask R-CNN gets its anchor sizes back and its score threshold
+    tuned on the validation images (`tune_score_threshold`); a number in `threshold` is the U-Net's, a
+    probability of a different model, so it does not apply.
     """
     from snakescope.data import load_items
 
     min_area = minimum_object_area(training_object_areas(arrays_npz, split["train"]))
-    if payload["spec"]["name"] == "maskrcnn":
-        configure_maskrcnn(model, payload)
-        return min_area, MASKRCNN_SCORE_THRESHOLD
-    if not isinstance(threshold, str):
+    if not is_detector(payload["spec"]["name"]) and not isinstance(threshold, str):
         return min_area, float(threshold)
     val_items = load_items(arrays_npz, samples, split.get("val", []), payload["plan"])
+    if is_detector(payload["spec"]["name"]):
+        configure_maskrcnn(model, payload)
+        score_threshold, _ = tune_score_threshold(model, val_items, min_area, device)
+        return min_area, score_threshold
     threshold, min_area, _ = tune_postprocessing(model, payload["plan"], val_items, min_area, device)
     return min_area, threshold
 
@@ -781,7 +858,7 @@ def predict_instances(
 
     split = read_json(split_json)
     samples = read_samples(samples_tsv)
-    min_area, interior_threshold = _prepare(model, payload, arrays_npz, samples, split, threshold, device)
+    min_area, object_threshold = _prepare(model, payload, arrays_npz, samples, split, threshold, device)
     items = load_items(arrays_npz, samples, split["test"] + split.get("unlabelled_test", []), payload["plan"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -790,7 +867,7 @@ def predict_instances(
     for item in items:
         started = time.perf_counter()
         labels, scores, probabilities = _instances_of(
-            model, payload, item["image"], interior_threshold, min_area, device
+            model, payload, item["image"], object_threshold, min_area, device
         )
         seconds.append(time.perf_counter() - started)
         name = f"{item['id']}_instances.tif"
@@ -802,7 +879,7 @@ def predict_instances(
             "n_objects": int(labels.max()),
             "method": payload["spec"]["name"],
             "min_area": min_area,
-            "threshold": interior_threshold,
+            "threshold": object_threshold,
         }
         if probabilities is not None:
             write_tiff(probabilities.astype(np.float32), out / f"{item['id']}_prob.tif", axes="CYX")
@@ -867,11 +944,11 @@ def instance_uncertainty(
     from snakescope.io import write_tiff
     from snakescope.uncertainty import mc_segment, normalised_entropy
 
-    is_maskrcnn = payload["spec"]["name"] == "maskrcnn"
-    min_area, interior_threshold = _prepare(model, payload, arrays_npz, table, split, threshold, device)
+    is_maskrcnn = is_detector(payload["spec"]["name"])
+    min_area, object_threshold = _prepare(model, payload, arrays_npz, table, split, threshold, device)
     rows = []
     for item in items:
-        labels, scores, _ = _instances_of(model, payload, item["image"], interior_threshold, min_area, device)
+        labels, scores, _ = _instances_of(model, payload, item["image"], object_threshold, min_area, device)
         ids = np.arange(1, labels.max() + 1)
         if is_maskrcnn:
             uncertainty = np.array([1.0 - scores[i] for i in ids])

@@ -268,9 +268,10 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
             chosen[key] = {"value": settings[key], "source": "user", "reason": "set in the config"}
 
     # Model: library first, rules when it has nothing for this task.
+    from snakescope.instances import is_detector
     from snakescope.models import MODELS, models_for
 
-    candidates = [m for m in models_for(task, fingerprint["spatial_dims"]) if m != "maskrcnn" or resources.device == "cuda"]
+    candidates = [m for m in models_for(task, fingerprint["spatial_dims"]) if not is_detector(m) or resources.device == "cuda"]
     recommendation = None
     if "models" in auto and library is not None:
         from snakescope.library import fingerprint_features, recommend_model
@@ -299,7 +300,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
     sample_shape = [int(s) for s in sample_shape[-fingerprint["spatial_dims"]:]]
 
     n_train = train_size(fingerprint, settings)
-    needs_measure = {"batch_size", "epochs"} & auto and model != "maskrcnn"
+    needs_measure = {"batch_size", "epochs"} & auto and not is_detector(model)
     cost = measure(model, fingerprint, sample_shape, resources.device) if needs_measure else None
     if cost is not None:
         batch, reason = plan_batch_size(task, cost, resources, n_train)

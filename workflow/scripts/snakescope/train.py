@@ -114,17 +114,20 @@ def resume_run(work_dir: Path, run_hash: str, model: nn.Module, optimizer) -> tu
     return state, best_state
 
 
-def finish_epoch(work_dir: Path, run_hash: str, model: nn.Module, optimizer, state: dict, row: dict) -> dict | None:
-    """Record one epoch's `row` (needs "epoch" and "val_loss"; gets "improved") in `state`, keep the
-    weights when the validation loss improved, and write the resume checkpoint.
+def finish_epoch(
+    work_dir: Path, run_hash: str, model: nn.Module, optimizer, state: dict, row: dict, monitor: str = "val_loss"
+) -> dict | None:
+    """Record one epoch's `row` (needs "epoch" and `monitor`, lower is better; gets "improved") in
+    `state`, keep the weights when the monitored value improved (its best is `state["best_<monitor>"]`),
+    and write the resume checkpoint.
 
     Returns:
         the new best weights (on the CPU), or None when the epoch did not improve.
     """
     best_state = None
-    row["improved"] = row["val_loss"] < state["best_val_loss"]
+    row["improved"] = row[monitor] < state.get(f"best_{monitor}", float("inf"))
     if row["improved"]:
-        state.update(best_val_loss=row["val_loss"], best_epoch=row["epoch"], stale_epochs=0)
+        state.update({f"best_{monitor}": row[monitor], "best_epoch": row["epoch"], "stale_epochs": 0})
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         with atomic_path(work_dir / "checkpoint_best.pt") as tmp:
             torch.save(best_state, tmp)
@@ -160,9 +163,9 @@ def fit(
     Returns:
         the model card dict.
     """
-    if cfg.task == "instance_segmentation" and cfg.model == "maskrcnn":
-        from snakescope.instances import fit_maskrcnn  # a detector: learns from boxes + masks per image
+    from snakescope.instances import fit_maskrcnn, is_detector
 
+    if cfg.task == "instance_segmentation" and is_detector(cfg.model):  # learns from boxes + masks per image
         return fit_maskrcnn(arrays_npz, samples_tsv, split_json, plan_json, fingerprint_json, cfg, model_out,
                             history_out, card_out, work_dir, threads)
     torch.set_num_threads(max(1, threads))
