@@ -53,7 +53,8 @@ IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2).tolist())  # 0.5, 
 MASKRCNN_BACKBONES = {"maskrcnn": "resnet50", "maskrcnn_resnet18": "resnet18"}  # model name -> ResNet
 MASKRCNN_SCORE_THRESHOLD = 0.5  # painting threshold without validation images to tune it on
 # Proposals sampled per training image for the box and mask heads (torchvision: 512). The heads' cost
-# grows with it and dominates a step on the CPU: 256 -> 64 cuts a ResNet-18 step from 4.3 to 1.5 s.
+# grows with it and dominates a step on the CPU (256 -> 64 cuts a ResNet-18 step from 4.3 to 1.5 s);
+# 128 still gives the mask head up to 32 objects per image, a patch's worth of nuclei.
 MASKRCNN_ROIS_PER_IMAGE = 128
 SCORE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # tried on the validation images
 MASKRCNN_MASK_THRESHOLD = 0.5
@@ -782,8 +783,9 @@ def tune_score_threshold(model, val_items: list[dict], min_area: int, device) ->
     import torch
     from skimage.segmentation import relabel_sequential
 
+    lowest = min(SCORE_THRESHOLDS)
     painted = [
-        (*maskrcnn_instances(model, torch.as_tensor(item["image"]).to(device), min(SCORE_THRESHOLDS), 0.5, min_area),
+        (*maskrcnn_instances(model, torch.as_tensor(item["image"]).to(device), lowest, min_area=min_area),
          item["label"][0])
         for item in val_items
         if "label" in item
