@@ -11,7 +11,8 @@ Two methods, chosen by the `models:` entry of the config:
   area are tuned on the validation images (`tune_postprocessing`).
 * ``maskrcnn``: torchvision's Mask R-CNN with a ResNet-50 FPN backbone (He et al., ICCV 2017), trained
   from scratch or from local weights, never downloaded; ``maskrcnn_resnet18`` is the same detector on a
-  ResNet-18 FPN, about a third of the compute, for CPUs and small data. It has its own training step
+  ResNet-18 FPN, 31 M parameters instead of 44 M, for small data trained from scratch (on a CPU a step
+  costs about the same: the heads dominate, see MASKRCNN_ROIS_PER_IMAGE). It has its own training step
   here (`fit_maskrcnn`), because it learns from a list of boxes, labels and masks per image rather
   than a class map. The score a detection needs to be painted is tuned on the validation images
   (`tune_score_threshold`), as the U-Net's marker threshold is.
@@ -53,8 +54,8 @@ IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2).tolist())  # 0.5, 
 MASKRCNN_BACKBONES = {"maskrcnn": "resnet50", "maskrcnn_resnet18": "resnet18"}  # model name -> ResNet
 MASKRCNN_SCORE_THRESHOLD = 0.5  # painting threshold without validation images to tune it on
 # Proposals sampled per training image for the box and mask heads (torchvision: 512). The heads' cost
-# grows with it and dominates a step on the CPU (256 -> 64 cuts a ResNet-18 step from 4.3 to 1.5 s);
-# 128 still gives the mask head up to 32 objects per image, a patch's worth of nuclei.
+# grows with it and dominates a step on the CPU (bench/maskrcnn_step.py: 4.3 s at 256, 2.6 at 128, 1.7 at
+# 64 for ResNet-18, hardly more for ResNet-50); 128 still gives the mask head up to 32 objects per image.
 MASKRCNN_ROIS_PER_IMAGE = 128
 SCORE_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # tried on the validation images
 MASKRCNN_MASK_THRESHOLD = 0.5
@@ -395,7 +396,7 @@ def maskrcnn_instances(
     torchvision pastes every detection's mask into a full-size (N, Y, X) float array, which for a
     thousand detections on a megapixel image is gigabytes; here the 28 x 28 mask of each detection is
     resized into its own box only. Detections are painted from the highest score down, each on pixels
-    no better detection took, so the output has no overlaps.
+    no better detection took, so the output has no overlaps; ids 1, 2, ... follow that order.
 
     Args:
         image: (C, Y, X) float tensor, normalised as in training, on the model's device.
@@ -609,11 +610,10 @@ def fit_maskrcnn(
             "val_loss": val_loss,
             "val_f1": val_f1,
             "val_pq": val_pq,
-            "val_error": 1.0 - val_pq,
             "seconds": seconds,
             "images_per_second": n_images / max(seconds, 1e-9),
         }
-        best_state = finish_epoch(work_dir, run_hash, model, optimizer, state, row, "val_error") or best_state
+        best_state = finish_epoch(work_dir, run_hash, model, optimizer, state, row, "val_pq", higher_is_better=True) or best_state
         log.info(
             "epoch %d/%d train_loss %.4f val_loss %.4f val_f1 %.4f val_pq %.4f (%.1fs)%s",
             epoch,
@@ -656,7 +656,7 @@ def fit_maskrcnn(
             "seed": cfg.seed,
             "epochs_run": state["epoch"],
             "best_epoch": state["best_epoch"],
-            "best_val_pq": 1.0 - state.get("best_val_error", float("inf")),
+            "best_val_pq": state.get("best_val_pq"),
             "early_stopped": state["stale_epochs"] >= cfg.patience,
             "train_seconds": float(sum(r["seconds"] for r in state["history"])),
             "seconds_per_epoch": float(np.mean([r["seconds"] for r in state["history"]] or [0])),
@@ -772,16 +772,16 @@ def tune_postprocessing(
 
 def tune_score_threshold(model, val_items: list[dict], min_area: int, device) -> tuple[float, dict[str, float]]:
     """The detector score threshold (of SCORE_THRESHOLDS) with the best mean panoptic quality on the
-    validation images, the counterpart of the U-Net's `tune_postprocessing`. Detections are painted from
-    the best score down, so the instances at a threshold are those painted at the lowest one less the
-    objects scoring below it: one detection pass per image serves every threshold.
+    validation images, the counterpart of the U-Net's `tune_postprocessing`. `maskrcnn_instances` paints
+    detections from the best score down and numbers them in that order, so the instances at a threshold
+    are those painted at the lowest one, cut at the number of objects scoring at least the threshold:
+    one detection pass per image serves every threshold.
 
     Returns:
         (threshold, {"threshold": mean validation PQ}); (MASKRCNN_SCORE_THRESHOLD, {}) without labelled
         validation images.
     """
     import torch
-    from skimage.segmentation import relabel_sequential
 
     lowest = min(SCORE_THRESHOLDS)
     painted = [
@@ -794,11 +794,11 @@ def tune_score_threshold(model, val_items: list[dict], min_area: int, device) ->
         return MASKRCNN_SCORE_THRESHOLD, {}
     scores = {}
     for threshold in SCORE_THRESHOLDS:
-        kept = []
+        quality = []
         for labels, object_scores, truth in painted:
-            dropped = [i for i, score in object_scores.items() if score < threshold]
-            kept.append((relabel_sequential(np.where(np.isin(labels, dropped), 0, labels))[0], truth))
-        scores[threshold] = float(np.mean([panoptic_quality(truth, labels) for labels, truth in kept]))
+            kept = sum(score >= threshold for score in object_scores.values())  # ids 1..kept
+            quality.append(panoptic_quality(truth, np.where(labels > kept, 0, labels)))
+        scores[threshold] = float(np.mean(quality))
     best = max(scores, key=lambda t: (scores[t], -abs(t - MASKRCNN_SCORE_THRESHOLD)))
     log.info(
         "detector score threshold %.2f (validation PQ %.3f; at %.2f: %.3f)",
@@ -825,10 +825,11 @@ def _prepare(
     from snakescope.data import load_items
 
     min_area = minimum_object_area(training_object_areas(arrays_npz, split["train"]))
-    if not is_detector(payload["spec"]["name"]) and not isinstance(threshold, str):
+    detector = is_detector(payload["spec"]["name"])
+    if not detector and not isinstance(threshold, str):
         return min_area, float(threshold)
     val_items = load_items(arrays_npz, samples, split.get("val", []), payload["plan"])
-    if is_detector(payload["spec"]["name"]):
+    if detector:
         configure_maskrcnn(model, payload)
         score_threshold, _ = tune_score_threshold(model, val_items, min_area, device)
         return min_area, score_threshold

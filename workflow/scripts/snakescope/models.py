@@ -304,7 +304,7 @@ MODELS: dict[str, ModelEntry] = {
         _build_maskrcnn,
         ("instance_segmentation",),
         (2,),
-        "Mask R-CNN, ResNet-18 FPN (torchvision): a third of the compute, for CPUs and small data",
+        "Mask R-CNN, ResNet-18 FPN (torchvision): 31 M parameters instead of 44 M, for small data",
     ),
 }
 

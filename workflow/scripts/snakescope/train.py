@@ -115,17 +115,25 @@ def resume_run(work_dir: Path, run_hash: str, model: nn.Module, optimizer) -> tu
 
 
 def finish_epoch(
-    work_dir: Path, run_hash: str, model: nn.Module, optimizer, state: dict, row: dict, monitor: str = "val_loss"
+    work_dir: Path,
+    run_hash: str,
+    model: nn.Module,
+    optimizer,
+    state: dict,
+    row: dict,
+    monitor: str = "val_loss",
+    higher_is_better: bool = False,
 ) -> dict | None:
-    """Record one epoch's `row` (needs "epoch" and `monitor`, lower is better; gets "improved") in
-    `state`, keep the weights when the monitored value improved (its best is `state["best_<monitor>"]`),
-    and write the resume checkpoint.
+    """Record one epoch's `row` (needs "epoch" and `monitor`; gets "improved") in `state`, keep the
+    weights when the monitored value improved (its best is `state["best_<monitor>"]`), and write the
+    resume checkpoint.
 
     Returns:
         the new best weights (on the CPU), or None when the epoch did not improve.
     """
     best_state = None
-    row["improved"] = row[monitor] < state.get(f"best_{monitor}", float("inf"))
+    best, value = state.get(f"best_{monitor}"), row[monitor]
+    row["improved"] = best is None or (value > best if higher_is_better else value < best)
     if row["improved"]:
         state.update({f"best_{monitor}": row[monitor], "best_epoch": row["epoch"], "stale_epochs": 0})
         best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
