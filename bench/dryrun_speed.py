@@ -34,7 +34,7 @@ SEEDS = [0, 1, 2]
 
 
 def matrix_config(data_dir: Path) -> dict:
-    from snakescope.models import models_for
+    from snakescope.engine.models import models_for
 
     classifiers = models_for("classification")[:N_MODELS]
     dense = models_for("segmentation", spatial_dims=2)[:N_MODELS]

@@ -1,6 +1,6 @@
 """Inference latency (batch 1) and batched throughput of the registry's classification networks.
 
-For every classification model in `snakescope.models` (whatever names exist at run time) at 224x224,
+For every classification model in `snakescope.engine.models` (whatever names exist at run time) at 224x224,
 3 channels, 5 classes, in eval mode: the median time of one image at batch 1 in fp32 and in bf16
 autocast (as the predict rule runs on GPUs with bf16), and images/s at a large batch (bf16,
 channels-last on CUDA), next to AIMIC's reported 0.109 s per sample.
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import torch  # noqa: E402
 
-from snakescope import models  # noqa: E402
+from snakescope.engine import models  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,9 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def classification_models() -> list[str]:
-    if hasattr(models, "models_for"):
-        return list(models.models_for("classification", 2))
-    return [name for name in models.MODEL_BUILDERS if "classification" in models.MODEL_TASKS[name]]
+    return list(models.models_for("classification", 2))
 
 
 def make_spec(name: str, size: int) -> models.ModelSpec:

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from snakescope.config import DEFAULT_MODEL
 from snakescope.library import (
     FEATURES,
     SHIPPED_LIBRARY,
@@ -33,7 +32,7 @@ from snakescope.library import (
     read_sqlite,
     recommend_model,
 )
-from snakescope.planner import RULE_MODEL
+from snakescope.tasks import get_task
 
 
 def read_library(path: Path) -> pd.DataFrame:
@@ -60,7 +59,7 @@ def evaluate(library: pd.DataFrame, k: int) -> pd.DataFrame:
                          & results["model"].isin(scores.index)]
         global_pick = others.groupby("model")["regret"].mean().idxmin() if not others.empty else None
         recommended = choice.model if choice else None
-        default, rule = DEFAULT_MODEL[task], RULE_MODEL[(task, "cpu")]
+        default, rule = get_task(task).default_model, get_task(task).rule_models["cpu"]
         rows.append({
             "task": task, "dataset": dataset, "models": len(scores),
             "best": f"{best} {scores[best]:.3f}",

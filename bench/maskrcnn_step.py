@@ -1,7 +1,7 @@
 """Seconds per Mask R-CNN training step on this machine, by backbone and by proposals sampled per image.
 
 The box and mask heads run on every sampled proposal, and on a CPU they, not the backbone, dominate a
-step; this is the measurement behind snakescope.instances.MASKRCNN_ROIS_PER_IMAGE. One step: forward,
+step; this is the measurement behind snakescope.engine.networks.MASKRCNN_ROIS_PER_IMAGE. One step: forward,
 backward and Adam on a batch of 2 random 256x256 RGB patches, each with 150 box-shaped objects of about
 12 px (the size of CPM-15 nuclei); the median of 3 steps after one warm-up.
 
@@ -16,7 +16,8 @@ import time
 import numpy as np
 import torch
 
-from snakescope import instances
+from snakescope.engine import networks
+from snakescope.tasks.instance_segmentation.detector import maskrcnn_target
 
 
 def objects(rng: np.random.Generator, size: int, count: int) -> np.ndarray:
@@ -30,12 +31,12 @@ def objects(rng: np.random.Generator, size: int, count: int) -> np.ndarray:
 def seconds_per_step(backbone: str, rois: int, size: int = 256, batch: int = 2, steps: int = 3) -> float:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = instances.build_maskrcnn(3, 2, instances.anchor_sizes(150.0), size, backbone)
+    model = networks.build_maskrcnn(3, 2, networks.anchor_sizes(150.0), size, backbone)
     model.roi_heads.fg_bg_sampler.batch_size_per_image = rois
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     model.train()
     images = [torch.rand(3, size, size) for _ in range(batch)]
-    targets = [instances.maskrcnn_target(objects(rng, size, 150)) for _ in range(batch)]
+    targets = [maskrcnn_target(objects(rng, size, 150)) for _ in range(batch)]
     times = []
     for _ in range(steps + 1):
         started = time.perf_counter()

@@ -1,6 +1,6 @@
 """MC-dropout cost and agreement: snakescope's sampling versus the naive repeated full passes.
 
-* classification (ResNet-50 `Classifier`): `snakescope.uncertainty.mc_classify` computes the features
+* classification (ResNet-50 `Classifier`): `snakescope.engine.inference.sample_dropout` computes the features
   once and samples only the dropout head (all samples in one call), against 20 full forward passes with
   dropout on. Target: 20 samples for at most 2x the time of one plain forward pass.
 * segmentation (the registry's U-Net): `mc_segment`, the samples batched (and the sliding window fed
@@ -32,9 +32,24 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from snakescope import models  # noqa: E402
-from snakescope.models import ModelSpec, build_model, enable_mc_dropout  # noqa: E402
-from snakescope.train import predict_logits  # noqa: E402
-from snakescope.uncertainty import mc_classify, mc_segment, normalised_entropy  # noqa: E402
+from snakescope.engine.inference import predict_logits, sample_dropout  # noqa: E402
+from snakescope.engine.models import ModelSpec, build_model  # noqa: E402
+from snakescope.engine.networks import enable_mc_dropout  # noqa: E402
+from snakescope.uncertainty_measures import normalised_entropy  # noqa: E402
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=1)
+
+
+def mc_classify(model, images: torch.Tensor, samples: int) -> torch.Tensor:
+    """The classification task's sampler call: (samples, N, K) probabilities, the head alone sampled."""
+    return sample_dropout(model, images, {"patch_size": None}, samples, 256, activation=softmax)
+
+
+def mc_segment(model, image: torch.Tensor, plan: dict, samples: int) -> torch.Tensor:
+    """The segmentation task's sampler call: (samples, K, *spatial) probabilities, 16 rows a pass."""
+    return sample_dropout(model, image, plan, samples, 16, activation=softmax)[:, 0]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

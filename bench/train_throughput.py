@@ -5,8 +5,8 @@ For each case (U-Net 512x512 batch 16, ResNet-50 224x224 batch 128) it times
 * bare: random tensors already on the device, Adam, bf16 autocast (CUDA), channels-last, cross-entropy;
 * snakescope: the `train` rule's step on its real data path: a converted intermediate (arrays.npz and
   samples.tsv in convert's format, written to a temporary folder from synthetic arrays), loaded with
-  `snakescope.data.load_items`, batched and augmented by `snakescope.data.TrainBatches` with the
-  configured augmentations (flip, rotate90 by default), trained by `snakescope.train.train_epoch` with
+  `snakescope.engine.data.load_items`, batched and augmented by `snakescope.engine.data.TrainBatches` with the
+  configured augmentations (flip, rotate90 by default), trained by `snakescope.engine.trainer.Trainer.train_epoch` with
   the task's default loss, under the global settings `fit` uses (`seed_everything`: deterministic
   algorithms on the CPU only, cuDNN autotuning off);
 
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
@@ -33,10 +34,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from snakescope import data, models, train  # noqa: E402
 from snakescope.augment import make_plan  # noqa: E402
-from snakescope.config import DEFAULT_LOSS  # noqa: E402
-from snakescope.runtime import autocast_dtype, seed_everything  # noqa: E402
+from snakescope.engine import data, models, networks  # noqa: E402
+from snakescope.engine.runtime import autocast_dtype, seed_everything  # noqa: E402
+from snakescope.engine.trainer import Trainer, patches_per_image  # noqa: E402
+from snakescope.io import read_samples  # noqa: E402
+from snakescope.tasks import get_task  # noqa: E402
 
 UNET_CHANNELS = (64, 128, 256, 512, 1024)  # MONAI-style residual U-Net, 64 base filters, 4 poolings (~31M)
 SMALL_UNET_CHANNELS = (8, 16, 32, 64, 128)
@@ -178,10 +181,10 @@ def case_settings(args, name: str) -> dict:
 
 
 def build_network(case: dict, args) -> nn.Module:
-    """ModelSpec + the registry's builder; the U-Net with --unet-channels, built as models._build_unet."""
+    """ModelSpec + the registry's builder; the U-Net with --unet-channels, built as networks.unet."""
     spec = models.ModelSpec(case["model"], case["task"], case["channels"], case["classes"], 2, 0.3)
     if case["model"] == "unet":
-        return models._build_unet(spec, channels=tuple(args.unet_channels))
+        return networks.unet(spec, channels=tuple(args.unet_channels))
     return models.build_model(spec)
 
 
@@ -263,7 +266,7 @@ class Snakescope:
             }
             plan = make_plan(settings, fingerprint)
             started = time.perf_counter()
-            items = data.load_items(arrays_npz, data.read_samples(samples_tsv), ids, plan)
+            items = get_task(case["task"]).load_items(arrays_npz, read_samples(samples_tsv), ids, plan)
             self.load_seconds = time.perf_counter() - started
             prepared = (items, plan)
         self.prepared = prepared
@@ -273,10 +276,13 @@ class Snakescope:
         if device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.loss_fn = train.make_loss(case["task"], DEFAULT_LOSS[case["task"]])
-        self.amp = autocast_dtype(device)
+        # the train rule's epoch: Trainer.train_epoch with the task's default loss
+        task = get_task(case["task"])
+        self.trainer = Trainer(task, SimpleNamespace(max_batches_per_epoch=None), args.threads)
+        self.trainer.model, self.trainer.device = self.model, device
+        self.trainer.loss_fn, self.trainer.amp_dtype = task.loss(task.losses[0]), autocast_dtype(device)
         self.generator = torch.Generator()
-        repeats = train.patches_per_image(items, plan) if hasattr(train, "patches_per_image") else 1
+        repeats = patches_per_image(items, plan)
         started = time.perf_counter()
         if legacy:
             self.loader = legacy_loader(
@@ -302,9 +308,7 @@ class Snakescope:
             self.epoch += 1
             torch.manual_seed(self.epoch)
             self.generator.manual_seed(self.epoch)
-            _, n = train.train_epoch(
-                self.model, self.loader, self.optimizer, self.loss_fn, self.device, self.amp
-            )
+            _, n = self.trainer.train_epoch(self.loader, self.optimizer)
             images += n
             done += len(self.loader)
         return images
@@ -327,7 +331,7 @@ class Snakescope:
 
 def legacy_loader(items, plan, batch_size, device, threads, generator):
     """The data path before issue 7: every augmentation per image with MONAI in DataLoader workers."""
-    from snakescope.augment import build_train_transforms
+    from snakescope.engine.transforms import build_train_transforms
 
     transform = build_train_transforms(plan, plan["task"] != "classification")
     num_workers = max(0, threads - 2)

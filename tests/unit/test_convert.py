@@ -17,14 +17,8 @@ import tifffile
 from PIL import Image
 
 from snakescope.config import load_schema, resolve_datasets
-from snakescope.convert import (
-    convert_dataset,
-    discover_samples,
-    list_input_files,
-    read_mask,
-    resize_image,
-    to_channels_first,
-)
+from snakescope.convert import convert_dataset, discover_samples, list_input_files
+from snakescope.images import read_mask, resize_image, to_channels_first
 from snakescope.io import InputError, file_checksum
 from snakescope.split import make_split
 

@@ -1,4 +1,4 @@
-"""The training data path (snakescope.data.TrainBatches): exact batched flips/turns, repeatable epochs."""
+"""The training data path (snakescope.engine.data.TrainBatches): exact batched flips/turns, repeatable epochs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from snakescope.augment import AUGMENTATION_DEFAULTS
-from snakescope.data import BatchAugment, TrainBatches
+from snakescope.engine.data import BatchAugment, TrainBatches
+from snakescope.engine.transforms import AUGMENTATION_DEFAULTS
 
 
 def _plan(task: str, augmentations: list[str], patch: list[int] | None = None) -> dict:

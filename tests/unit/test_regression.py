@@ -1,4 +1,4 @@
-"""Tests for pixel-wise regression and 3D support: snakescope.regression and the layout additions of convert."""
+"""Tests for pixel-wise regression and 3D support: snakescope.tasks.regression and the layout additions of convert."""
 
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ from snakescope.convert import (
     tile_samples,
 )
 from snakescope.io import InputError, read_json
-from snakescope.regression import (
-    as_channels_first,
+from snakescope.plots import orthogonal_views
+from snakescope.tasks.regression.metrics import (
     baseline_kind,
     baseline_prediction,
-    denormalise_target,
     fit_linear_baseline,
-    normalise_target,
-    orthogonal_views,
     regression_metrics,
+)
+from snakescope.tasks.regression.targets import (
+    as_channels_first,
+    denormalise_target,
+    normalise_target,
     target_statistics,
 )
 
@@ -440,8 +442,8 @@ def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
 def test_input_residual_starts_as_the_identity_in_raw_units() -> None:
     import torch
 
-    from snakescope.models import ModelSpec, build_model
-    from snakescope.regression import input_residual, with_input_residual
+    from snakescope.engine.models import ModelSpec, build_model
+    from snakescope.tasks.regression.targets import input_residual, with_input_residual
 
     plan = {
         "normalisation": "dataset_zscore",

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from snakescope import instances as ins
+from snakescope.tasks.instance_segmentation import detector
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "tests" / "workflow" / "configs" / "cpm15.yaml"
@@ -117,7 +117,7 @@ def test_maskrcnn_is_scored_like_the_unet(results):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["baseline_aji"] == pytest.approx(u["baseline_aji"])  # same split, same baseline
     threshold = pd.read_csv(run_dir(results, "maskrcnn") / "predict" / "predictions.csv")["threshold"]
-    assert set(threshold) <= set(ins.SCORE_THRESHOLDS)  # the score threshold tuned on validation
+    assert set(threshold) <= set(detector.SCORE_THRESHOLDS)  # the score threshold tuned on validation
 
 
 @pytest.mark.parametrize("method", sorted(RUNS))

@@ -11,6 +11,7 @@ from snakemake.exceptions import IncompleteCheckpointException
 
 from snakescope.config import resolve_datasets, stage_settings
 from snakescope.convert import list_input_files
+from snakescope.provenance import code_checksum
 
 ##### validate the config and fill in defaults #####
 
@@ -116,3 +117,9 @@ def get_uncertainty_summaries(wildcards):
         )
         for dataset, model, seed in get_evaluated_runs()
     ]
+
+
+def get_code_checksum(script):
+    """Checksum of every package module `script` imports: part of a cached rule's cache key."""
+    scripts = Path(workflow.basedir) / "scripts"
+    return code_checksum(scripts / script, scripts / "snakescope")

@@ -1,13 +1,9 @@
-from snakescope.io import file_checksum
-
 # convert and split are between-workflow cache candidates (`--cache` with $SNAKEMAKE_OUTPUT_CACHE; the
 # profiles turn it on when that variable is set). The cache key covers the input files' content, the
-# params and the rule's script, but the script is a thin wrapper: `code` adds checksums of the package
-# modules it runs, so that a change there re-runs the rule instead of reusing stale cached outputs.
+# params and the rule's script, but the script is a thin wrapper: `code` adds a checksum of every package
+# module it imports (inside functions too), so that a change there re-runs the rule instead of reusing
+# stale cached outputs.
 # No `benchmark:`: Snakemake forbids it on cached rules (a cache hit has no run time to record).
-SNAKESCOPE_PACKAGE = Path(workflow.basedir) / "scripts" / "snakescope"
-
-
 rule convert:
     input:
         get_dataset_files,
@@ -26,9 +22,6 @@ rule convert:
         runtime=30,
     params:
         settings=get_settings("convert"),
-        code=[
-            file_checksum(SNAKESCOPE_PACKAGE / f"{m}.py")[:16]
-            for m in ("convert", "io")
-        ],
+        code=get_code_checksum("convert.py"),
     script:
         "../scripts/convert.py"

@@ -1,5 +1,5 @@
 # A between-workflow cache candidate like convert (see convert.smk): keyed by convert's provenance,
-# the split settings and the code of the modules it runs.
+# the split settings and the code of the modules it imports.
 rule split:
     input:
         samples=rules.convert.output.samples,
@@ -16,8 +16,6 @@ rule split:
         runtime=10,
     params:
         settings=get_settings("split"),
-        code=[
-            file_checksum(SNAKESCOPE_PACKAGE / f"{m}.py")[:16] for m in ("split", "io")
-        ],
+        code=get_code_checksum("split.py"),
     script:
         "../scripts/split.py"

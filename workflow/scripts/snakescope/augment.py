@@ -1,9 +1,8 @@
-"""augment: the augmentation plan, its MONAI transforms, and a preview figure.
+"""augment: the augmentation plan and a preview figure of it.
 
-Deterministic steps (normalisation) are applied once when the data is loaded; random steps run on the
-fly in the training loader only, so validation, testing and prediction see the data unaltered, as in
-MONAI's bundles. The plan is written to JSON by the `augment` rule and read back by `train`, so what
-a model was trained with is on disk beside it.
+The plan (normalisation, patch size, random augmentations; snakescope.engine.transforms builds them) is
+written to JSON by the `augment` rule and read back by `train`, so what a model was trained with is on
+disk beside it.
 """
 
 from __future__ import annotations
@@ -12,31 +11,18 @@ import logging
 
 import numpy as np
 
+from snakescope.engine.transforms import AUGMENTATION_DEFAULTS, build_train_transforms, normalise
 from snakescope.io import read_json, save_figure, write_json
 from snakescope.plots import displayable
+from snakescope.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-# Parameter choices follow InstantDL's defaults where it had them; each is mild enough not to change
-# what a biologist would call the image's class or mask.
-AUGMENTATION_DEFAULTS: dict[str, dict] = {
-    "flip": {"prob": 0.5},
-    "rotate90": {"prob": 0.5},
-    "rotate": {"prob": 0.5, "max_degrees": 20},
-    "zoom": {"prob": 0.5, "min_zoom": 0.85, "max_zoom": 1.15},
-    "contrast": {"prob": 0.5, "factor": 0.25},
-    "brightness": {"prob": 0.5, "offset": 0.1},
-    "gamma": {"prob": 0.5, "gamma": [0.7, 1.5]},
-    "poisson_noise": {"prob": 0.3, "peak": [20.0, 200.0]},
-    "gaussian_noise": {"prob": 0.3, "std": 0.05},
-    "blur": {"prob": 0.3, "sigma": [0.25, 1.0]},
-}
-INTENSITY_AUGMENTATIONS = {"contrast", "brightness", "gamma", "poisson_noise", "gaussian_noise", "blur"}
 
 
 def make_plan(settings: dict, fingerprint: dict) -> dict:
     """The augmentation plan for one dataset: normalisation, patch size and random transforms."""
     spatial_dims = fingerprint["spatial_dims"]
+    dense = get_task(settings["task"]).dense  # images used whole (resized) when not dense: no patches
     return {
         "task": settings["task"],
         "spatial_dims": spatial_dims,
@@ -44,120 +30,10 @@ def make_plan(settings: dict, fingerprint: dict) -> dict:
         "normalisation": settings["normalisation"],
         "dataset_mean": [c["mean"] for c in fingerprint["intensity"]],
         "dataset_std": [c["std"] for c in fingerprint["intensity"]],
-        "patch_size": None if settings["task"] == "classification" else list(settings["patch_size"])[:spatial_dims],
+        "patch_size": list(settings["patch_size"])[:spatial_dims] if dense else None,
         "augmentations": [{"name": name, **AUGMENTATION_DEFAULTS[name]} for name in settings["augmentations"]],
         "seed": settings["seed"],
     }
-
-
-def normalise(image: np.ndarray, plan: dict) -> np.ndarray:
-    """Scale a float32 C+spatial image per channel as the plan says; returns float32, same shape.
-
-    percentile maps the 1st..99th percentile to 0..1 (robust to hot pixels, InstantDL's choice);
-    minmax maps min..max to 0..1; zscore gives zero mean and unit variance per image;
-    dataset_zscore uses the training set's mean and std from the fingerprint.
-    """
-    return _normalise(image.astype(np.float32, copy=True), plan["normalisation"], plan).astype(np.float32, copy=False)
-
-
-def _normalise(image: np.ndarray, method: str, plan: dict) -> np.ndarray:
-    axes = tuple(range(1, image.ndim))
-    if method == "percentile":
-        low, high = np.percentile(image, (1, 99), axis=axes, keepdims=True)
-        return (image - low) / np.maximum(high - low, 1e-6)
-    if method == "minmax":
-        low, high = image.min(axis=axes, keepdims=True), image.max(axis=axes, keepdims=True)
-        return (image - low) / np.maximum(high - low, 1e-6)
-    if method == "zscore":
-        return (image - image.mean(axis=axes, keepdims=True)) / np.maximum(image.std(axis=axes, keepdims=True), 1e-6)
-    if method == "dataset_zscore":
-        shape = (-1,) + (1,) * (image.ndim - 1)
-        mean = np.asarray(plan["dataset_mean"], np.float32).reshape(shape)
-        std = np.asarray(plan["dataset_std"], np.float32).reshape(shape)
-        return (image - mean) / np.maximum(std, 1e-6)
-    return image
-
-
-def build_train_transforms(plan: dict, has_mask: bool):
-    """MONAI dict transforms for training: patch crop (segmentation), then the plan's random augmentations.
-
-    Items are dicts with "image" (float32 C+spatial) and, for segmentation, "label" (int C+spatial with
-    C=1); the label follows every geometric transform with nearest-neighbour interpolation.
-    """
-    from monai import transforms as mt
-
-    keys = ["image", "label"] if has_mask else ["image"]
-    geometric_modes = ["bilinear", "nearest"] if has_mask else ["bilinear"]
-    spatial_dims = plan["spatial_dims"]
-    steps = []
-    if plan.get("patch_size"):
-        steps.append(mt.SpatialPadd(keys=keys, spatial_size=plan["patch_size"], mode="reflect"))
-        steps.append(mt.RandSpatialCropd(keys=keys, roi_size=plan["patch_size"], random_size=False))
-    for aug in plan["augmentations"]:
-        name, prob = aug["name"], aug["prob"]
-        if name == "flip":
-            steps += [mt.RandFlipd(keys=keys, prob=prob, spatial_axis=axis) for axis in range(spatial_dims)]
-        elif name == "rotate90":
-            steps.append(mt.RandRotate90d(keys=keys, prob=prob, max_k=3, spatial_axes=(spatial_dims - 2, spatial_dims - 1)))
-        elif name == "rotate":
-            angle = np.deg2rad(aug["max_degrees"])
-            steps.append(mt.RandRotated(keys=keys, prob=prob, range_x=angle, mode=geometric_modes, padding_mode="reflection"))
-        elif name == "zoom":
-            steps.append(mt.RandZoomd(keys=keys, prob=prob, min_zoom=aug["min_zoom"], max_zoom=aug["max_zoom"],
-                                      mode=["area", "nearest"] if has_mask else ["area"], keep_size=True))
-        elif name == "contrast":
-            steps.append(mt.RandScaleIntensityFixedMeand(keys="image", prob=prob, factors=aug["factor"]))
-        elif name == "brightness":
-            steps.append(mt.RandShiftIntensityd(keys="image", prob=prob, offsets=aug["offset"]))
-        elif name == "gamma":
-            steps.append(mt.RandAdjustContrastd(keys="image", prob=prob, gamma=tuple(aug["gamma"])))
-        elif name == "poisson_noise":
-            steps.append(RandPoissonNoised(keys="image", prob=prob, peak=tuple(aug["peak"])))
-        elif name == "gaussian_noise":
-            steps.append(mt.RandGaussianNoised(keys="image", prob=prob, std=aug["std"]))
-        elif name == "blur":
-            sigma = tuple(aug["sigma"])
-            steps.append(mt.RandGaussianSmoothd(keys="image", prob=prob, sigma_x=sigma, sigma_y=sigma))
-        else:
-            raise ValueError(f"unknown augmentation '{name}'; known: {sorted(AUGMENTATION_DEFAULTS)}")
-    steps.append(mt.ToTensord(keys=keys, track_meta=False))
-    return mt.Compose(steps)
-
-
-def _poisson_noise_class():
-    # Written by hand because neither MONAI nor torchvision offers shot noise, the dominant noise of
-    # low-light fluorescence: pixels become Poisson photon counts at a random peak, then are rescaled.
-    from monai.transforms import MapTransform, RandomizableTransform
-
-    class _RandPoissonNoised(RandomizableTransform, MapTransform):
-        def __init__(self, keys, prob: float = 0.3, peak: tuple[float, float] = (20.0, 200.0)):
-            MapTransform.__init__(self, keys)
-            RandomizableTransform.__init__(self, prob)
-            self.peak_range = peak
-            self._peak = peak[1]
-
-        def randomize(self, data=None) -> None:
-            super().randomize(None)
-            self._peak = self.R.uniform(*self.peak_range)
-
-        def __call__(self, data):
-            out = dict(data)
-            self.randomize()
-            if not self._do_transform:
-                return out
-            for key in self.key_iterator(out):
-                image = np.asarray(out[key], dtype=np.float32)
-                low = image.min()
-                counts = self.R.poisson(np.clip(image - low, 0, None) * self._peak)
-                out[key] = (counts / self._peak + low).astype(np.float32)
-            return out
-
-    return _RandPoissonNoised
-
-
-def RandPoissonNoised(keys, prob: float = 0.3, peak: tuple[float, float] = (20.0, 200.0)):  # noqa: N802
-    """Random Poisson (shot) noise on 0..1-normalised images; `peak` is the photon count at intensity 1."""
-    return _poisson_noise_class()(keys, prob=prob, peak=peak)
 
 
 def write_plan_and_preview(settings: dict, fingerprint_json: str, arrays_npz: str, split_json: str,
@@ -175,7 +51,8 @@ def write_plan_and_preview(settings: dict, fingerprint_json: str, arrays_npz: st
 
     split = read_json(split_json)
     ids = split["train"][:n_preview]
-    has_mask = settings["task"] != "classification"
+    task = get_task(settings["task"])
+    has_mask = task.dense
     set_determinism(seed=settings["seed"])
     transforms = build_train_transforms(plan, has_mask)
     transforms.set_random_state(seed=settings["seed"])
@@ -194,7 +71,7 @@ def write_plan_and_preview(settings: dict, fingerprint_json: str, arrays_npz: st
             for draw in range(n_draws):
                 augmented = transforms(item)
                 axes[row, 1 + draw].imshow(displayable(np.asarray(augmented["image"])))
-                if has_mask and settings["task"] != "regression":  # a regression target has no outline
+                if task.label_is_class_map:  # a regression target has no outline
                     outline = np.asarray(augmented["label"])[0] > 0
                     if outline.ndim == 3:  # a volume: its middle slice, the one displayable() shows
                         outline = outline[outline.shape[0] // 2]

@@ -18,29 +18,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from snakescope.engine.models import check_model
+from snakescope.tasks import get_task
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
-
-TASKS = ("classification", "segmentation", "instance_segmentation", "regression")
-DEFAULT_MODEL = {
-    "classification": "resnet50",
-    "segmentation": "unet",
-    "instance_segmentation": "unet",
-    "regression": "unet",
-}
-DEFAULT_LOSS = {
-    "classification": "cross_entropy",
-    "segmentation": "dice_cross_entropy",
-    "instance_segmentation": "dice_cross_entropy",
-    "regression": "mse",
-}
-DEFAULT_CLASSIFICATION_RESIZE = [224, 224]
-TASK_LOSSES = {
-    "classification": ("cross_entropy", "focal"),
-    "segmentation": ("dice_cross_entropy", "dice", "cross_entropy", "focal"),
-    "instance_segmentation": ("dice_cross_entropy", "dice", "cross_entropy", "focal"),
-    "regression": ("mse", "l1"),
-}
-
 
 # Settings the planner (snakescope.planner) chooses when the user leaves them unset.
 PLANNED_KEYS = ("models", "batch_size", "epochs", "patch_size", "augmentations", "normalisation")
@@ -233,23 +214,29 @@ def _fill_defaults(
     auto_configure = entry.get("auto_configure", settings["auto_configure"])
     settings["auto_keys"] = [key for key in PLANNED_KEYS if key not in entry] if auto_configure else []
     settings.update({key: _as_int(value, properties[key]) for key, value in entry.items()})
-    task = settings["task"]
+    task = get_task(settings["task"])
     settings["name"] = name
-    settings.setdefault("models", [DEFAULT_MODEL[task]])
-    settings.setdefault("loss", DEFAULT_LOSS[task])
+    settings.setdefault("models", [task.default_model])
+    settings.setdefault("loss", task.losses[0])
     settings.setdefault("seeds", [settings["seed"]])
     settings["layout"] = {**layout_defaults, **settings.get("layout", {})}
-    if task == "classification" and settings["resize"] is None and len(settings["patch_size"]) == 2:
-        settings["resize"] = list(DEFAULT_CLASSIFICATION_RESIZE)
+    if task.default_resize and settings["resize"] is None and len(settings["patch_size"]) == 2:
+        settings["resize"] = list(task.default_resize)
     settings["data_dir"] = str(_resolve(base_dir, settings["data_dir"]))
     for key in ("pretrained_weights", "results_library", "plan"):
         if settings[key]:
             settings[key] = str(_resolve(base_dir, settings[key]))
-    if settings["loss"] not in TASK_LOSSES[task]:
+    if settings["loss"] not in task.losses:
         raise ConfigError(
-            f"{where}: loss '{settings['loss']}' does not suit {task}; use one of {list(TASK_LOSSES[task])} "
-            f"(default {DEFAULT_LOSS[task]})."
+            f"{where}: loss '{settings['loss']}' does not suit {task.name}; use one of {list(task.losses)} "
+            f"(default {task.losses[0]})."
         )
+    spatial_dims = len(settings["patch_size"])
+    for model in settings["models"]:
+        try:
+            check_model(model, task.name, spatial_dims)
+        except ValueError as error:
+            raise ConfigError(f"{where}: models: {error}. Change `models` in the config.") from None
     threshold = settings["threshold"]
     if isinstance(threshold, str) and threshold != "otsu":
         raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got '{threshold}'.")

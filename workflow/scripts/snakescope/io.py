@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +155,19 @@ def _read_tiff(path: Path) -> np.ndarray:
             f"part of the image (shape {array.shape}). Copy it again from the microscope export, or remove it."
         )
     return array
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders "img2" before "img10"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
+
+
+def read_samples(samples_tsv: str | Path):
+    """The samples table `convert` writes (one row per sample: id, files, label, subset, ...) as a pandas
+    DataFrame; ids and labels stay text ("007" is not 7)."""
+    import pandas as pd
+
+    return pd.read_csv(samples_tsv, sep="\t", dtype={"id": str, "label": str}, keep_default_na=False)
 
 
 def file_checksum(path: str | Path, chunk_size: int = 1 << 20) -> str:

@@ -7,7 +7,7 @@ as the issue asks:
 * rules (cold start, in the manner of nnU-Net's experiment planner): patch size from the median
   image size, batch size from a *measured* forward/backward pass (GPU memory on a GPU), epochs from a
   measured step time and the time budget, normalisation from the source bit depth, augmentations
-  from the brightness spread, and a model by task and hardware;
+  from the brightness spread, and a model by task and hardware (the task's `rule_models`);
 * learned (warm start): when the results library holds datasets of the same task, the model comes
   from `snakescope.library.recommend_model`, with the similar datasets it used as its reasons.
 
@@ -25,29 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from snakescope.config import PLANNED_KEYS
+from snakescope.engine.models import MODELS, check_model, models_for
 from snakescope.io import read_json
+from snakescope.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-# Cold-start model per task and hardware. Classification follows the AIMIC comparison (ResNeXt-50 best
-# accuracy, MobileNet-V2 the best accuracy per second); dense tasks take the U-Net, smaller on a CPU.
-RULE_MODEL = {
-    ("classification", "cuda"): "resnext50_32x4d",
-    ("classification", "cpu"): "mobilenet_v2",
-    ("segmentation", "cuda"): "unet",
-    ("segmentation", "cpu"): "unet_small",
-    ("instance_segmentation", "cuda"): "unet",  # U-Net + watershed: strong on dense nuclei
-    ("instance_segmentation", "cpu"): "unet_small",
-    ("regression", "cuda"): "unet",
-    ("regression", "cpu"): "unet_small",
-}
 # Largest patch side the planner picks: bigger patches give more context but fewer steps per second.
 MAX_PATCH = {("cuda", 2): 256, ("cpu", 2): 128, ("cuda", 3): 128, ("cpu", 3): 64}
 MIN_PATCH = {2: 32, 3: 16}
-MAX_BATCH = {"classification": 64}
-MAX_DENSE_BATCH = 32
-CPU_BATCH = {"classification": 16}
-CPU_DENSE_BATCH = 8
 GPU_MEMORY_SHARE = 0.8  # of the GPU's memory the planner fills; the rest is for the allocator and cuDNN
 MIN_EPOCHS = 3
 # Share of the time budget spent in training steps; validation, prediction and uncertainty take the rest.
@@ -102,15 +88,6 @@ def plan_patch_size(fingerprint: dict, device: str) -> list[int]:
     return [max(MIN_PATCH[dims], min(cap, _power_of_two_at_most(side))) for side in fingerprint["shape_median"][-dims:]]
 
 
-def out_channels(fingerprint: dict) -> int:
-    task = fingerprint["task"]
-    if task == "classification":
-        return len(fingerprint["classes"])
-    if task == "regression":
-        return int(fingerprint.get("target_channels", 1))
-    return int(fingerprint.get("num_classes", 2))
-
-
 @dataclass(frozen=True)
 class StepCost:
     seconds_per_sample: float
@@ -128,27 +105,20 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
     """
     import torch
 
-    from snakescope.config import DEFAULT_LOSS
-    from snakescope.models import ModelSpec, build_model
-    from snakescope.train import make_loss
+    from snakescope.engine.models import ModelSpec, build_model
 
-    task = fingerprint["task"]
-    spec = ModelSpec(model_name, task, fingerprint["channels"], out_channels(fingerprint),
+    task = get_task(fingerprint["task"])
+    spec = ModelSpec(model_name, task.name, fingerprint["channels"], task.out_channels(fingerprint),
                      fingerprint["spatial_dims"], image_size=tuple(sample_shape))
     torch_device = torch.device(device)
     model = build_model(spec).to(torch_device).train()
     optimizer = torch.optim.Adam(model.parameters())
-    loss_fn = make_loss(task, DEFAULT_LOSS[task])
+    loss_fn = task.loss(task.losses[0])
     generator = torch.Generator().manual_seed(0)
 
     def step(batch: int) -> float:
         image = torch.rand((batch, fingerprint["channels"], *sample_shape), generator=generator).to(torch_device)
-        if task == "classification":
-            target = torch.zeros(batch, dtype=torch.long, device=torch_device)
-        elif task == "regression":
-            target = torch.rand((batch, spec.out_channels, *sample_shape), generator=generator).to(torch_device)
-        else:
-            target = torch.zeros((batch, 1, *sample_shape), dtype=torch.long, device=torch_device)
+        target = task.dummy_target(batch, spec.out_channels, sample_shape, generator).to(torch_device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(image), target).backward()
@@ -173,13 +143,15 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
     return StepCost(seconds, per_sample, max(0.0, peaks[0] - small * per_sample))
 
 
-def plan_batch_size(task: str, cost: StepCost, resources: Resources, n_train: int) -> tuple[int, str]:
-    """Largest power of two whose measured memory fits the GPU share; a fixed size on the CPU."""
-    cap = MAX_BATCH.get(task, MAX_DENSE_BATCH)
+def plan_batch_size(task_name: str, cost: StepCost, resources: Resources, n_train: int) -> tuple[int, str]:
+    """Largest power of two whose measured memory fits the GPU share (at most the task's `max_batch`);
+    the task's fixed `cpu_batch` on the CPU."""
+    task = get_task(task_name)
+    cap = task.max_batch
     # Several batches per epoch, so early stopping and the learning rate have steps to work with.
     cap = min(cap, max(2, _power_of_two_at_most(n_train / 4)))
     if resources.device != "cuda" or cost.bytes_per_sample is None:
-        batch = min(cap, CPU_BATCH.get(task, CPU_DENSE_BATCH))
+        batch = min(cap, task.cpu_batch)
         return batch, f"CPU: {batch} (fixed size for CPU training, at most a quarter of the {n_train} training images)"
     budget = GPU_MEMORY_SHARE * resources.gpu_memory_gb * 2**30 - cost.fixed_bytes
     fits = _power_of_two_at_most(budget / cost.bytes_per_sample)
@@ -208,12 +180,10 @@ def plan_epochs(seconds_per_sample: float, samples_per_epoch: int, runs: int, re
 
 
 def plan_normalisation(fingerprint: dict) -> tuple[str, str]:
+    planned = get_task(fingerprint["task"]).planned_normalisation(fingerprint)
+    if planned:
+        return planned
     dtypes = fingerprint.get("source_dtypes") or {}
-    if fingerprint["task"] == "regression" and fingerprint["channels"] == fingerprint.get("target_channels", 1):
-        return "dataset_zscore", (
-            "input and target share channels and units (e.g. denoising): one scaling for every image keeps "
-            "the identity learnable, so the network learns the correction to the input"
-        )
     if any(np.dtype(d).kind == "f" for d in dtypes):
         return "zscore", "float images (no fixed range): zero mean, unit variance per image"
     return "percentile", "integer images: 1st-99th percentile to 0-1 per image, robust to hot pixels"
@@ -257,7 +227,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
         library: the results library (snakescope.library.load_library), or None for rules only.
         measure: the step measurement (tests pass a cheaper one).
     """
-    task = fingerprint["task"]
+    task = get_task(fingerprint["task"])
     auto = set(settings.get("auto_keys", []))
     chosen: dict[str, dict] = {}
 
@@ -268,28 +238,26 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
             chosen[key] = {"value": settings[key], "source": "user", "reason": "set in the config"}
 
     # Model: library first, rules when it has nothing for this task.
-    from snakescope.instances import is_detector
-    from snakescope.models import MODELS, models_for
-
-    candidates = [m for m in models_for(task, fingerprint["spatial_dims"]) if not is_detector(m) or resources.device == "cuda"]
+    candidates = [m for m in models_for(task.name, fingerprint["spatial_dims"])
+                  if not MODELS[m].needs_gpu or resources.device == "cuda"]
     recommendation = None
     if "models" in auto and library is not None:
         from snakescope.library import fingerprint_features, recommend_model
 
         candidates = [m for m in candidates if m not in too_large_for(library, resources)]
-        recommendation = recommend_model(fingerprint_features(fingerprint), task, library, candidates)
+        recommendation = recommend_model(fingerprint_features(fingerprint), task.name, library, candidates)
     if recommendation:
         choose("models", [recommendation.model], "library", " ".join(recommendation.reasons()))
     else:
-        rule_model = RULE_MODEL[(task, resources.device)]
-        why = "classification: AIMIC's pick" if task == "classification" else "U-Net family"
+        rule_model = task.rule_models[resources.device]
         choose("models", [rule_model], "rules",
-               f"no results for {task} in the library; {why} for {resources.device.upper()}: {MODELS[rule_model].description}")
+               f"no results for {task.name} in the library; {task.rule_model_reason} for "
+               f"{resources.device.upper()}: {MODELS[rule_model].description}")
     model = chosen["models"]["value"][0]
 
-    if task == "classification":
+    if not task.dense:
         chosen["patch_size"] = {"value": settings["patch_size"], "source": "user" if "patch_size" not in auto else "rules",
-                                "reason": "classification uses whole images (resize), no patches"}
+                                "reason": f"{task.name} uses whole images (resize), no patches"}
         sample_shape = list(fingerprint.get("resized_to") or fingerprint["shape_median"])
     else:
         patch = plan_patch_size(fingerprint, resources.device)
@@ -300,18 +268,18 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
     sample_shape = [int(s) for s in sample_shape[-fingerprint["spatial_dims"]:]]
 
     n_train = train_size(fingerprint, settings)
-    needs_measure = {"batch_size", "epochs"} & auto and not is_detector(model)
+    needs_measure = {"batch_size", "epochs"} & auto and MODELS[model].measurable
     cost = measure(model, fingerprint, sample_shape, resources.device) if needs_measure else None
     if cost is not None:
-        batch, reason = plan_batch_size(task, cost, resources, n_train)
+        batch, reason = plan_batch_size(task.name, cost, resources, n_train)
         choose("batch_size", batch, "rules", reason)
     else:
-        choose("batch_size", 2, "rules", "Mask R-CNN: two images per step")  # measured otherwise
+        choose("batch_size", 2, "rules", f"{model} is not timed on random input: two images per step")
     batch = chosen["batch_size"]["value"]
     if cost is not None:
-        from snakescope.train import patches_for_area
+        from snakescope.engine.trainer import patches_for_area
 
-        per_image = 1 if task == "classification" else patches_for_area(
+        per_image = 1 if not task.dense else patches_for_area(
             np.prod(fingerprint["shape_median"][-fingerprint["spatial_dims"]:]), sample_shape)
         samples = n_train * per_image
         if settings.get("max_batches_per_epoch"):
@@ -328,7 +296,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
 
     return {
         "dataset": fingerprint["dataset"],
-        "task": task,
+        "task": task.name,
         "resources": {**resources.__dict__, "summary": resources.describe()},
         "settings": {key: item["value"] for key, item in chosen.items()},
         "decisions": chosen,
@@ -356,6 +324,11 @@ def pin_plan(settings: dict, pinned: dict, fingerprint: dict) -> dict:
         except jsonschema.ValidationError as error:
             raise ConfigError(f"plan {settings['plan']}: {key} = {value!r} is not allowed ({error.message}). "
                               "Edit the plan file or remove the key to let snakescope choose.") from error
+    for model in values.get("models", []):
+        try:
+            check_model(model, fingerprint["task"], fingerprint["spatial_dims"])
+        except ValueError as error:
+            raise ConfigError(f"plan {settings['plan']}: models: {error}. Edit the plan file.") from None
     decisions = {key: {"value": value, "source": "pinned plan", "reason": f"from {settings['plan']}"}
                  for key, value in values.items()}
     for key in PLANNED_KEYS:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from snakescope.io import InputError, read_json, write_json
+from snakescope.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def write_split(samples_tsv: str, settings: dict, split_out: str) -> dict:
         test_fraction=settings["test_fraction"],
         val_fraction=settings["val_fraction"],
         seed=settings["seed"],
-        stratify=settings["task"] == "classification",
+        stratify=not get_task(settings["task"]).dense,  # keep the class balance of image-level labels
         require_groups=bool(settings.get("group_column")),
     )
     log.info("split: %d train, %d val, %d test", len(split["train"]), len(split["val"]), len(split["test"]))

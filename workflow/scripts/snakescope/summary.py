@@ -15,8 +15,7 @@ Outputs (all under ``results/summary/``):
 * ``tradeoff.png``: per dataset, headline metric against inference time per image, Pareto front marked
   (the trade-off of the AIMIC paper: the most accurate network versus the fastest adequate one).
 
-The headline metric is accuracy (classification), IoU (segmentation) or Pearson r (regression); higher
-is better for all three.
+The headline metric is each task's (accuracy, IoU, AJI, Pearson r); higher is better for all.
 """
 
 from __future__ import annotations
@@ -31,15 +30,10 @@ import pandas as pd
 
 from snakescope.io import atomic_path, read_json, save_figure, write_table
 from snakescope.provenance import dataset_checksum, git_commit
+from snakescope.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-HEADLINE_METRIC = {
-    "classification": "accuracy",
-    "segmentation": "iou",
-    "instance_segmentation": "aji",
-    "regression": "pearson_r",
-}
 KEYS = ["dataset", "task", "model", "seed"]
 # Run columns after the metrics, in this order; "version_<package>" columns go before the provenance.
 _COST_COLUMNS = [
@@ -154,7 +148,8 @@ def leaderboard(rows: Sequence[dict]) -> pd.DataFrame:
 
 
 def headline(task: str) -> str:
-    return HEADLINE_METRIC.get(task, "accuracy")
+    """The metric a task's runs are ranked by (each task's `headline_metric`)."""
+    return get_task(task).headline_metric
 
 
 def mean_table(table: pd.DataFrame) -> pd.DataFrame:

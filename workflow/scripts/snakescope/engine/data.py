@@ -1,4 +1,4 @@
-"""data: the packed arrays of `convert`, normalised and split, as torch datasets and training batches.
+"""data: the packed arrays of `convert`, normalised, as in-memory items and training batches.
 
 The training data path is built so the GPU never waits for it (docs/performance.md has the figures):
 
@@ -22,42 +22,37 @@ a seed, whatever the number of workers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-import pandas as pd
 import torch
 
-from snakescope.augment import normalise
+from snakescope.engine.transforms import build_train_transforms, normalise
+
+LabelReader = Callable[[np.lib.npyio.NpzFile, str], object]
 
 BATCH_AUGMENTATIONS = ("flip", "rotate90")  # exact as batched tensor ops; run on the training device
 DEVICE_MEMORY_SHARE = 0.25  # keep the training set on the GPU when it takes at most this share of free memory
 
 
-def read_samples(samples_tsv: str) -> pd.DataFrame:
-    return pd.read_csv(samples_tsv, sep="\t", dtype={"id": str, "label": str}, keep_default_na=False)
-
-
-def load_items(arrays_npz: str, samples: pd.DataFrame, ids: list[str], plan: dict) -> list[dict]:
+def load_items(arrays_npz: str, ids: list[str], plan: dict, read_label: LabelReader) -> list[dict]:
     """Load and normalise the samples `ids` into memory.
 
+    Args:
+        read_label: the task's reader (snakescope.tasks.base.Task.label_reader) of one sample's label from
+            the open arrays; None where the sample has none.
     Returns:
         dicts with "id", "image" (float32 C+spatial, normalised) and, when known, "label": an int class
         index (classification), an int64 1+spatial class map (segmentation), or a float32 C+spatial
-        target scaled with ``plan["target_normalisation"]`` (regression, see snakescope.regression).
+        target in network units (regression).
     """
-    by_id = samples.set_index("id")
     items = []
     with np.load(arrays_npz) as arrays:
         for sample_id in ids:
             item = {"id": sample_id, "image": normalise(arrays[f"image/{sample_id}"], plan)}
-            if plan["task"] == "classification":
-                item["label"] = int(by_id.loc[sample_id, "label_index"])
-            elif plan["task"] == "regression" and f"target/{sample_id}" in arrays:
-                from snakescope.regression import as_channels_first, normalise_target
-
-                target = as_channels_first(arrays[f"target/{sample_id}"], plan["spatial_dims"])
-                item["label"] = normalise_target(target, plan["target_normalisation"])
-            elif f"target/{sample_id}" in arrays:
-                item["label"] = arrays[f"target/{sample_id}"][None].astype(np.int64)
+            label = read_label(arrays, sample_id)
+            if label is not None:
+                item["label"] = label
             items.append(item)
     return items
 
@@ -219,9 +214,8 @@ class TrainBatches:
     # -- per-image MONAI transforms in DataLoader workers (patch crop included) ---------------------
 
     def _init_loader(self, items: list[dict], cpu_plan: dict, threads: int) -> None:
-        from snakescope.augment import build_train_transforms
-
-        transform = build_train_transforms(cpu_plan, has_mask=cpu_plan["task"] != "classification")
+        # a class index per image (classification) is not a map to crop and turn with the image
+        transform = build_train_transforms(cpu_plan, has_mask=np.ndim(items[0].get("label", 0)) > 0)
         self.sampler = _EpochSampler(self.n)
         cuda = self.device.type == "cuda"
         # On the CPU, workers only compete with the training threads unless there are spare cores; on a

@@ -1,58 +1,33 @@
-"""models: one registry from a model name to a network, and loading of local pretrained weights.
+"""networks: the torch modules behind the registry (snakescope.engine.models), local pretrained weights,
+and the switches Monte-Carlo dropout needs.
 
-Every network has dropout so Monte-Carlo dropout can sample it (Gal & Ghahramani, ICML 2016).
 Classifiers are split into `features` and `head` so the uncertainty rule can compute the features once
 and sample only the dropout head, which is exact because dropout sits only in the head: the backbones'
 own dropout layers are removed or switched off (EfficientNet keeps its stochastic depth, which is not a
 dropout layer and is inactive at test time, so MC sampling never touches it).
-
-`MODELS` maps each name to one `ModelEntry` (builder, tasks, spatial dims); adding a network is one
-entry there plus its name in the schema's `models` enum (a unit test checks the two agree).
-
-Examples::
-
-    spec = ModelSpec("mobilenet_v2", "classification", in_channels=1, out_channels=4)
-    model = build_model(spec)          # (N, 1, H, W) -> (N, 4) logits
-    spec = ModelSpec("unet_small", "segmentation", in_channels=3, out_channels=2, spatial_dims=3)
-    model = build_model(spec)          # (N, 3, D, H, W) -> (N, 2, D, H, W) logits
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:  # the registry imports this module when a builder runs, not the other way round
+    from snakescope.engine.models import ModelSpec
+
 log = logging.getLogger(__name__)
 
-CLASSIFICATION = ("classification",)
-DENSE = ("segmentation", "instance_segmentation", "regression")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a network is built from; saved inside every checkpoint so it can be rebuilt.
-
-    `image_size` ((H, W), optional) is the training image size; only the vision transformer uses it, to
-    size its position embeddings (other sizes are served by interpolating them).
-    """
-
-    name: str
-    task: str
-    in_channels: int
-    out_channels: int  # classes (classification, segmentation) or target channels (regression)
-    spatial_dims: int = 2
-    dropout: float = 0.3
-    image_size: tuple[int, ...] | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+MASKRCNN_SCORE_THRESHOLD = 0.5  # painting threshold without validation images to tune it on
+# Proposals sampled per training image for the box and mask heads (torchvision: 512). The heads' cost
+# grows with it and dominates a step on the CPU (bench/maskrcnn_step.py: 4.3 s at 256, 2.6 at 128, 1.7 at
+# 64 for ResNet-18, hardly more for ResNet-50); 128 still gives the mask head up to 32 objects per image.
+MASKRCNN_ROIS_PER_IMAGE = 128
+MASKRCNN_MAX_DETECTIONS = 1000  # CPM-15 tiles hold up to ~350 nuclei; torchvision's default (100) is too few
 
 
 class Classifier(nn.Module):
@@ -83,26 +58,20 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     )
 
 
-def _torchvision_classifier(
-    factory: str, first_conv: str, head: str, **kwargs
-) -> Callable[[ModelSpec], Classifier]:
-    """A builder for a torchvision classifier: its first convolution (dotted path `first_conv`) takes the
-    spec's channels, and its classification layer(s) (attribute `head`, possibly with its own dropout)
-    are replaced by our dropout + linear head."""
+def torchvision_classifier(spec: ModelSpec, factory: str, first_conv: str, head: str) -> Classifier:
+    """A torchvision classifier whose first convolution (dotted path `first_conv`) takes the spec's
+    channels, and whose classification layer(s) (attribute `head`, possibly with its own dropout) are
+    replaced by our dropout + linear head."""
+    import torchvision.models
 
-    def build(spec: ModelSpec) -> Classifier:
-        import torchvision.models
-
-        net = getattr(torchvision.models, factory)(weights=None, **kwargs)
-        parent_name, _, conv_name = first_conv.rpartition(".")
-        parent = net.get_submodule(parent_name) if parent_name else net
-        setattr(parent, conv_name, _adapt_first_conv(getattr(parent, conv_name), spec.in_channels))
-        old_head = getattr(net, head)
-        n_features = [m for m in old_head.modules() if isinstance(m, nn.Linear)][-1].in_features
-        setattr(net, head, nn.Identity())
-        return Classifier(net, n_features, spec.out_channels, spec.dropout)
-
-    return build
+    net = getattr(torchvision.models, factory)(weights=None)
+    parent_name, _, conv_name = first_conv.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, conv_name, _adapt_first_conv(getattr(parent, conv_name), spec.in_channels))
+    old_head = getattr(net, head)
+    n_features = [m for m in old_head.modules() if isinstance(m, nn.Linear)][-1].in_features
+    setattr(net, head, nn.Identity())
+    return Classifier(net, n_features, spec.out_channels, spec.dropout)
 
 
 def _vision_transformer_class():
@@ -146,7 +115,7 @@ def _vision_transformer_class():
     return ViTFeatures
 
 
-def _build_vit_tiny(spec: ModelSpec) -> Classifier:
+def vit_tiny(spec: ModelSpec) -> Classifier:
     # A small ViT for small microscopy crops: patch 8, 6 layers, width 192, 3 heads (DeiT-Tiny's width,
     # half its depth); about 2.7 M parameters, against 86 M for torchvision's vit_b_16.
     patch = 8
@@ -164,7 +133,7 @@ def _build_vit_tiny(spec: ModelSpec) -> Classifier:
     return Classifier(features, 192, spec.out_channels, spec.dropout)
 
 
-def _build_unet(spec: ModelSpec, channels: tuple[int, ...] = (16, 32, 64, 128, 256)) -> nn.Module:
+def unet(spec: ModelSpec, channels: tuple[int, ...] = (16, 32, 64, 128, 256)) -> nn.Module:
     from monai.networks.nets import UNet
 
     # MONAI's UNet (Ronneberger et al., MICCAI 2015, with residual units) applies dropout in every
@@ -180,7 +149,7 @@ def _build_unet(spec: ModelSpec, channels: tuple[int, ...] = (16, 32, 64, 128, 2
     )
 
 
-def _build_basic_unet(spec: ModelSpec) -> nn.Module:
+def basic_unet(spec: ModelSpec) -> nn.Module:
     from monai.networks.nets import BasicUNet
 
     # The plain U-Net of Falk et al. (Nature Methods 2019), with dropout in every two-conv block.
@@ -193,7 +162,7 @@ def _build_basic_unet(spec: ModelSpec) -> nn.Module:
     )
 
 
-def _build_attention_unet(spec: ModelSpec) -> nn.Module:
+def attention_unet(spec: ModelSpec) -> nn.Module:
     from monai.networks.nets import AttentionUnet
 
     # Oktay et al., MIDL 2018: attention gates on the skip connections; dropout in every conv block.
@@ -207,7 +176,7 @@ def _build_attention_unet(spec: ModelSpec) -> nn.Module:
     )
 
 
-def _build_segresnet(spec: ModelSpec) -> nn.Module:
+def segresnet(spec: ModelSpec) -> nn.Module:
     from monai.networks.nets import SegResNet
 
     # Myronenko, BrainLes 2018 (without the VAE branch). Its one dropout layer follows the first
@@ -221,128 +190,85 @@ def _build_segresnet(spec: ModelSpec) -> nn.Module:
     )
 
 
-def _build_maskrcnn(spec: ModelSpec) -> nn.Module:
-    from snakescope.instances import MASKRCNN_BACKBONES, build_maskrcnn
-
-    # He et al., ICCV 2017, torchvision's version on a ResNet FPN, never downloaded. It learns from boxes
-    # and masks rather than a class map, so snakescope.instances trains, predicts and scores it.
-    return build_maskrcnn(spec.in_channels, spec.out_channels, backbone=MASKRCNN_BACKBONES[spec.name])
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One network of the registry: how to build it, which tasks and spatial dims it serves."""
-
-    build: Callable[[ModelSpec], nn.Module]
-    tasks: tuple[str, ...]
-    spatial_dims: tuple[int, ...]
-    description: str
-
-
-MODELS: dict[str, ModelEntry] = {
-    # classification: torchvision backbones + our dropout/linear head, 2D only
-    "resnet50": ModelEntry(
-        _torchvision_classifier("resnet50", "conv1", "fc"),
-        CLASSIFICATION,
-        (2,),
-        "ResNet-50, He et al. CVPR 2016",
-    ),
-    "resnext50_32x4d": ModelEntry(
-        _torchvision_classifier("resnext50_32x4d", "conv1", "fc"),
-        CLASSIFICATION,
-        (2,),
-        "ResNeXt-50 32x4d, Xie et al. CVPR 2017",
-    ),
-    "mobilenet_v2": ModelEntry(
-        _torchvision_classifier("mobilenet_v2", "features.0.0", "classifier"),
-        CLASSIFICATION,
-        (2,),
-        "MobileNet-V2, Sandler et al. CVPR 2018",
-    ),
-    "densenet121": ModelEntry(
-        _torchvision_classifier("densenet121", "features.conv0", "classifier"),
-        CLASSIFICATION,
-        (2,),
-        "DenseNet-121, Huang et al. CVPR 2017",
-    ),
-    "efficientnet_b0": ModelEntry(
-        _torchvision_classifier("efficientnet_b0", "features.0.0", "classifier"),
-        CLASSIFICATION,
-        (2,),
-        "EfficientNet-B0, Tan & Le, ICML 2019",
-    ),
-    "vit_tiny": ModelEntry(
-        _build_vit_tiny,
-        CLASSIFICATION,
-        (2,),
-        "small ViT (patch 8, 6 layers, width 192), Dosovitskiy et al. ICLR 2021",
-    ),
-    # segmentation / regression: MONAI networks, 2D and 3D
-    "unet_small": ModelEntry(
-        partial(_build_unet, channels=(8, 16, 32, 64, 128)), DENSE, (2, 3), "residual U-Net, channels 8..128"
-    ),
-    "unet": ModelEntry(_build_unet, DENSE, (2, 3), "residual U-Net, channels 16..256"),
-    "unet_large": ModelEntry(
-        partial(_build_unet, channels=(32, 64, 128, 256, 512)),
-        DENSE,
-        (2, 3),
-        "residual U-Net, channels 32..512",
-    ),
-    "basic_unet": ModelEntry(
-        _build_basic_unet, DENSE, (2, 3), "plain U-Net (MONAI BasicUNet), features 16..128"
-    ),
-    "attention_unet": ModelEntry(_build_attention_unet, DENSE, (2, 3), "Attention U-Net, channels 16..256"),
-    "segresnet": ModelEntry(_build_segresnet, DENSE, (2, 3), "SegResNet, 16 initial filters"),
-    # instance segmentation only: its own training step in snakescope.instances
-    "maskrcnn": ModelEntry(
-        _build_maskrcnn,
-        ("instance_segmentation",),
-        (2,),
-        "Mask R-CNN, ResNet-50 FPN (torchvision), He et al. ICCV 2017",
-    ),
-    "maskrcnn_resnet18": ModelEntry(
-        _build_maskrcnn,
-        ("instance_segmentation",),
-        (2,),
-        "Mask R-CNN, ResNet-18 FPN (torchvision): 31 M parameters instead of 44 M, for small data",
-    ),
-}
-
-# The registry's earlier form, kept for callers that still use it (bench/inference_latency.py).
-MODEL_BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {name: e.build for name, e in MODELS.items()}
-MODEL_TASKS: dict[str, tuple[str, ...]] = {name: e.tasks for name, e in MODELS.items()}
-
-
-def models_for(task: str, spatial_dims: int | None = None) -> list[str]:
-    """Names of the registered models that do `task` (in `spatial_dims` dimensions, when given)."""
-    return [
-        name
-        for name, entry in MODELS.items()
-        if task in entry.tasks and (spatial_dims is None or spatial_dims in entry.spatial_dims)
-    ]
-
-
-def build_model(spec: ModelSpec) -> nn.Module:
-    """Build the network named in `spec` with freshly initialised weights.
-
-    Raises:
-        ValueError: unknown name, or a model that does not do the spec's task or spatial dims; the
-            message lists the models that do.
+def maskrcnn(spec: ModelSpec, backbone: str = "resnet50") -> nn.Module:
+    """The registry's Mask R-CNN (He et al., ICCV 2017; torchvision's, on a ResNet FPN, never downloaded)
+    with default anchors and `spec.out_channels` classes, background included. Training builds it with
+    anchors sized to the data (`build_maskrcnn`); a loaded detector gets them back (`set_anchor_sizes`).
     """
-    if spec.name not in MODELS:
-        raise ValueError(f"unknown model '{spec.name}'; available: {sorted(MODELS)}")
-    entry = MODELS[spec.name]
-    if spec.task not in entry.tasks:
-        raise ValueError(
-            f"model '{spec.name}' does not do {spec.task}; models for {spec.task}: {models_for(spec.task)}"
+    return build_maskrcnn(spec.in_channels, spec.out_channels, backbone=backbone)
+
+
+def set_anchor_sizes(model: nn.Module, sizes: tuple[int, ...] | None) -> nn.Module:
+    """Give a Mask R-CNN one anchor size per FPN level (they are not part of its state dict)."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    sizes = tuple(sizes or anchor_sizes(None))
+    model.rpn.anchor_generator = AnchorGenerator(tuple((s,) for s in sizes), ((0.5, 1.0, 2.0),) * len(sizes))
+    return model
+
+
+def anchor_sizes(median_area: float | None) -> tuple[int, ...]:
+    """Anchor sizes for the five FPN levels, starting at about half the typical object diameter.
+
+    torchvision's defaults (32..512 px) suit COCO objects; nuclei of 10-25 px need smaller anchors, or
+    the RPN finds no positive anchors for them at all.
+    """
+    if not median_area:
+        return (32, 64, 128, 256, 512)
+    smallest = int(2 ** max(2, round(math.log2(math.sqrt(median_area))) - 1))
+    return tuple(smallest * 2**k for k in range(5))
+
+
+def build_maskrcnn(
+    in_channels: int,
+    num_classes: int = 2,
+    sizes: tuple[int, ...] | None = None,
+    image_size: int = 256,
+    backbone: str = "resnet50",
+) -> nn.Module:
+    """torchvision Mask R-CNN on a ResNet FPN backbone, freshly initialised (no download).
+
+    The backbone is built as torchvision's maskrcnn_resnet50_fpn builds it without weights (trainable
+    BatchNorm, all layers trainable), so a ResNet-50 detector keeps the state-dict names of torchvision's
+    COCO file and loads it.
+
+    Args:
+        in_channels: image channels; the first convolution is rebuilt when it is not 3.
+        num_classes: background + object classes (2: background, object).
+        sizes: anchor size per FPN level (see `anchor_sizes`).
+        image_size: min_size = max_size of the internal resize; training crops of this size pass
+            unscaled. Prediction sets both to the image's own sides so it is never rescaled.
+        backbone: a torchvision ResNet name (resnet18, resnet50, ...).
+
+    Input: list of (C, Y, X) float tensors normalised to about 0..1 (the model subtracts 0.5 and
+    divides by 0.25). Output in eval mode: per image a dict of boxes (N, 4) xyxy, labels, scores,
+    masks (N, 1, Y, X) probabilities.
+    """
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    model = MaskRCNN(
+        resnet_fpn_backbone(backbone_name=backbone, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5),
+        num_classes=num_classes,
+        min_size=image_size,
+        max_size=image_size,
+        image_mean=[0.5] * in_channels,
+        image_std=[0.25] * in_channels,
+        box_detections_per_img=MASKRCNN_MAX_DETECTIONS,
+        rpn_pre_nms_top_n_test=3000,
+        rpn_post_nms_top_n_test=2000,
+        box_batch_size_per_image=MASKRCNN_ROIS_PER_IMAGE,
+        # Boxes below the painting threshold are dropped before the mask head runs on them: an untrained
+        # detector otherwise sends a thousand boxes per image through the mask head.
+        box_score_thresh=MASKRCNN_SCORE_THRESHOLD,
+    )
+    set_anchor_sizes(model, sizes)
+    if in_channels != 3:
+        conv = model.backbone.body.conv1
+        model.backbone.body.conv1 = nn.Conv2d(
+            in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False
         )
-    if spec.spatial_dims not in entry.spatial_dims:
-        raise ValueError(
-            f"model '{spec.name}' is {'/'.join(map(str, entry.spatial_dims))}D only, but the data is "
-            f"{spec.spatial_dims}D; models for {spec.task} in {spec.spatial_dims}D: "
-            f"{models_for(spec.task, spec.spatial_dims)}"
-        )
-    return entry.build(spec)
+    return model
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:

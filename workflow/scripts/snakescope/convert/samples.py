@@ -1,0 +1,65 @@
+"""samples: one image and its ground truth as found on disk, and what every layout shares.
+
+A `Sample` names files; nothing is read here. The layouts (snakescope.convert.discover,
+snakescope.convert.fields) find them, snakescope.convert.read reads them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from snakescope.io import InputError
+
+MULTI_FILE_SEPARATOR = ";"  # Sample.image of a field stored as several files: the paths in channel order
+
+
+@dataclass
+class Sample:
+    """One image and its ground truth, as found on disk."""
+
+    id: str
+    image: str
+    target: str = ""
+    label: str = ""
+    subset: str = ""  # "train" / "test" when the user split the data; "" when `split` decides
+    group: str = ""
+    region: str = ""  # the tile's slices of the source image, e.g. "y0:256,x512:768"; "" = whole
+
+
+def glob_files(data_dir: Path, pattern: str, key: str) -> list[Path]:
+    try:
+        found = data_dir.glob(pattern)
+        return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    except (ValueError, NotImplementedError) as error:
+        raise InputError(
+            f"layout.{key} '{pattern}': not a usable glob ({error}). Give a pattern relative to data_dir "
+            f"({data_dir}), e.g. 'images/*.tif'."
+        ) from error
+
+
+def safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "field"
+
+
+def mark_test_images(samples: list[Sample], data_dir: Path, layout: dict) -> list[Sample]:
+    """Put every sample with a file matching `layout.test_images` in the test set (subset "test")."""
+    pattern = layout.get("test_images")
+    if not pattern:
+        return samples
+    chosen = {str(p) for p in glob_files(Path(data_dir), pattern, "test_images")}
+    hits = 0
+    for sample in samples:
+        if any(path in chosen for path in sample.image.split(MULTI_FILE_SEPARATOR)):
+            sample.subset = "test"
+            hits += 1
+    if not hits:
+        raise InputError(
+            f"{data_dir}: layout.test_images '{pattern}' matches none of the images. Check the glob."
+        )
+    if hits == len(samples):
+        raise InputError(
+            f"{data_dir}: layout.test_images '{pattern}' matches every image; nothing is left to train."
+        )
+    return samples

@@ -1,0 +1,270 @@
+"""trainer: one training loop for every task and model, with hooks where they differ.
+
+The loop is a few named steps (`step_loss`, `validate`, `finish_epoch`) in the manner of Lightning's
+build-your-own-trainer example; a variant overrides a hook, as nnU-Net's trainer variants do (the
+Mask R-CNN detector of snakescope.tasks.instances.detector overrides how a network is built, what a
+step's loss is and how it is validated). The task (snakescope.tasks) supplies what differs between
+tasks: its loss, its validation score, how it reads labels and prepares the plan.
+
+Adam, early stopping on the monitored validation value, the best weights kept, resumable: random
+streams are re-seeded from (seed, epoch) at each epoch, so a resumed run follows the same path as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from snakescope import __version__
+from snakescope.engine import checkpoint
+from snakescope.engine.data import TrainBatches, load_items
+from snakescope.engine.inference import predict_logits
+from snakescope.engine.models import ModelSpec, build_model
+from snakescope.engine.runtime import autocast_dtype, seed_everything, select_device
+from snakescope.io import read_json, read_samples, write_json, write_table
+
+log = logging.getLogger(__name__)
+
+VALIDATION_BATCH = 32  # images per validation pass when they are used whole (same size)
+
+
+def patches_per_image(items: list[dict], plan: dict, cap: int = 16) -> int:
+    """How many random patches to draw from each image per epoch: enough to cover the median image
+    once (a 512x512 image with 128x128 patches gives 16), so an epoch of a few large images is not a
+    handful of steps. 1 when the images are used whole (no patch size)."""
+    if not plan.get("patch_size"):
+        return 1
+    return patches_for_area(np.median([np.prod(it["image"].shape[1:]) for it in items]), plan["patch_size"], cap)
+
+
+def patches_for_area(image_area: float, patch_size, cap: int = 16) -> int:
+    """Random patches per image and epoch for an image of `image_area` pixels (see patches_per_image)."""
+    return int(min(cap, max(1, round(image_area / np.prod(patch_size)))))
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The files one training run reads (outputs of convert, split and augment)."""
+
+    arrays_npz: str
+    samples_tsv: str
+    split_json: str
+    plan_json: str
+    fingerprint_json: str
+
+
+class Trainer:
+    """Trains one model of one task and writes the best weights, the per-epoch history and a model card.
+
+    Args:
+        task: the task (snakescope.tasks.base.Task) supplying the loss, validation score and labels.
+        cfg: the training settings (snakescope.config.TrainConfig).
+        threads: CPU threads of the job (torch threads, DataLoader workers).
+    """
+
+    monitor = "val_loss"  # the history column that picks the best epoch and stops early
+    higher_is_better = False
+    channels_last = True  # 2D networks on a GPU in channels-last memory order (faster convolutions)
+
+    def __init__(self, task, cfg, threads: int = 1):
+        self.task = task
+        self.cfg = cfg
+        self.threads = threads
+
+    # -- hooks: what a variant may override ------------------------------------------------------------
+
+    def build_network(self) -> tuple[ModelSpec, torch.nn.Module]:
+        """The network with fresh (or local pretrained) weights and the spec that rebuilds it."""
+        fingerprint, plan, cfg = self.fingerprint, self.plan, self.cfg
+        image_size = fingerprint.get("resized_to") or plan.get("patch_size")
+        spec = ModelSpec(cfg.model, cfg.task, fingerprint["channels"], self.task.out_channels(fingerprint),
+                         fingerprint["spatial_dims"], cfg.dropout,
+                         image_size=tuple(image_size) if image_size else None)
+        model = build_model(spec)
+        if cfg.pretrained_weights:
+            from snakescope.engine.networks import load_pretrained
+
+            load_pretrained(model, cfg.pretrained_weights)
+        return spec, self.task.wrap_network(model, plan)
+
+    def prepare_items(self, items: list[dict]) -> list[dict]:
+        """Training and validation items as the network learns them (the task's, by default)."""
+        return self.task.training_items(items)
+
+    def step_loss(self, batch: dict) -> tuple[torch.Tensor, int]:
+        """The loss of one training batch (before backward) and the number of images in it."""
+        device = self.device
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True)
+        if device.type == "cuda" and image.ndim == 4:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            logits = self.model(image)
+        return self.loss_fn(logits.float(), label), image.shape[0]
+
+    def clip_gradients(self) -> None:
+        """Called between backward and the optimiser step; nothing by default."""
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """{"val_loss": ..., <task score>: ...} on the whole validation images."""
+        model, plan, device, amp_dtype = self.model, self.plan, self.device, self.amp_dtype
+        items = self.val_items
+        model.eval()
+        losses, scores = [], []
+        batch_size = 1 if self.task.dense else VALIDATION_BATCH  # dense images may differ in size
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            image = torch.as_tensor(np.stack([it["image"] for it in chunk])).to(device)
+            label = torch.as_tensor(np.stack([it["label"] for it in chunk])).to(device)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = predict_logits(model, image, plan)
+            logits = logits.float()
+            losses.append(self.loss_fn(logits, label).item() * len(chunk))
+            scores.append(self.task.validation_score(logits, label))
+        return {"val_loss": sum(losses) / len(items), self.task.score_name: sum(scores) / len(items)}
+
+    def payload_extras(self) -> dict:
+        """Entries added to the saved model beside weights, spec and plan."""
+        return {}
+
+    def card_sections(self) -> dict:
+        """The model card's "model", "input" and "output" sections."""
+        spec, plan, fingerprint = self.spec, self.plan, self.fingerprint
+        return {
+            "model": spec.to_dict(),
+            "input": {"axes": "CYX" if spec.spatial_dims == 2 else "CZYX", "dtype": "float32",
+                      "channels": spec.in_channels, "normalisation": plan["normalisation"],
+                      "size": fingerprint.get("resized_to") or plan.get("patch_size")},
+            "output": {"classes": fingerprint.get("classes") or fingerprint.get("mask_values"),
+                       "kind": self.task.output_kind,
+                       "target_normalisation": plan.get("target_normalisation"),
+                       "input_residual": plan.get("input_residual")},
+        }
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    def fit(self, data: TrainingData, model_out: str, history_out: str, card_out: str,
+            work_dir: str | None = None) -> dict:
+        """Train, then write the best weights (`model_out`), `history_out` and the model card.
+
+        Args:
+            work_dir: where the resume checkpoint and TensorBoard logs live (default: beside `model_out`).
+                It is deliberately not a declared Snakemake output, so a failed job's partial progress
+                survives for the retry.
+        Returns:
+            the model card dict.
+        """
+        cfg = self.cfg
+        torch.set_num_threads(max(1, self.threads))
+        self.device = device = select_device(cfg.device)
+        seed_everything(cfg.seed, device)
+        self.fingerprint = read_json(data.fingerprint_json)
+        split = read_json(data.split_json)
+        self.plan = self.task.prepare_plan(read_json(data.plan_json), self.fingerprint, data.arrays_npz, split, cfg)
+        samples = read_samples(data.samples_tsv)
+        work_dir = Path(work_dir or Path(model_out).parent)
+
+        self.spec, model = self.build_network()
+        model.to(device)
+        if self.channels_last and device.type == "cuda" and self.spec.spatial_dims == 2:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
+        self.loss_fn = self.task.loss(cfg.loss)
+        self.amp_dtype = autocast_dtype(device)
+
+        read_label = self.task.label_reader(samples, self.plan)
+        train_items = self.prepare_items(load_items(data.arrays_npz, split["train"], self.plan, read_label))
+        self.val_items = self.prepare_items(load_items(data.arrays_npz, split["val"], self.plan, read_label))
+        generator = torch.Generator()
+        # The training set is held as tensors (on the GPU when it fits); flips and quarter turns run there
+        # in batch, other augmentations per image in `threads`-sized DataLoader workers (engine.data).
+        loader = TrainBatches(train_items * patches_per_image(train_items, self.plan), self.plan, cfg.batch_size,
+                              device, threads=self.threads, generator=generator)
+
+        hash_ = checkpoint.run_hash(cfg, split, self.plan)
+        state, best_state = checkpoint.resume_run(work_dir, hash_, model, optimizer)
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(work_dir / "tensorboard"))
+        log.info("training %s on %s: %d train images (%d samples per epoch) / %d val, %d parameters", cfg.model,
+                 device, len(train_items), loader.n, len(self.val_items), sum(p.numel() for p in model.parameters()))
+
+        while state["epoch"] < cfg.epochs and state["stale_epochs"] < cfg.patience:
+            epoch = state["epoch"] + 1
+            epoch_seed = cfg.seed * 100_003 + epoch
+            torch.manual_seed(epoch_seed)
+            generator.manual_seed(epoch_seed)
+            started = time.perf_counter()
+            train_loss, n_images = self.train_epoch(loader, optimizer)
+            row = {"epoch": epoch, "train_loss": train_loss, **self.validate()}
+            seconds = time.perf_counter() - started
+            row.update({"seconds": seconds, "images_per_second": n_images / max(seconds, 1e-9)})
+            best_state = checkpoint.finish_epoch(work_dir, hash_, model, optimizer, state, row, self.monitor,
+                                                 self.higher_is_better) or best_state
+            values = {k: v for k, v in row.items() if k not in ("epoch", "seconds", "improved")}
+            for key, value in values.items():
+                writer.add_scalar(key, value, epoch)
+            log.info("epoch %d/%d %s (%.1fs)%s", epoch, cfg.epochs,
+                     " ".join(f"{k} {v:.4f}" for k, v in values.items()), seconds,
+                     " *best*" if row["improved"] else "")
+        writer.close()
+        if state["stale_epochs"] >= cfg.patience:
+            log.info("early stop: no better %s for %d epochs; best epoch %d", self.monitor, cfg.patience,
+                     state["best_epoch"])
+
+        checkpoint.save_model({
+            "model": best_state if best_state is not None else model.state_dict(),
+            "spec": self.spec.to_dict(),
+            "plan": self.plan,
+            "classes": self.fingerprint.get("classes", []),
+            "mask_values": self.fingerprint.get("mask_values", []),
+            "best_epoch": state["best_epoch"],
+            **self.payload_extras(),
+        }, model_out)
+        write_table(pd.DataFrame(state["history"]), history_out)
+        card = self._card(state, device, len(train_items), len(self.val_items))
+        write_json(card, card_out)
+        return card
+
+    def train_epoch(self, loader, optimizer) -> tuple[float, int]:
+        """One pass over the training batches; returns (mean loss, images seen)."""
+        self.model.train()
+        total, n_images = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        for batch_index, batch in enumerate(loader):
+            if self.cfg.max_batches_per_epoch and batch_index >= self.cfg.max_batches_per_epoch:
+                break
+            loss, n = self.step_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.clip_gradients()
+            optimizer.step()
+            total += loss.detach().double() * n  # summed on the device: no sync per step
+            n_images += n
+        return total.item() / max(n_images, 1), n_images
+
+    def _card(self, state: dict, device: torch.device, n_train: int, n_val: int) -> dict:
+        cfg, history = self.cfg, state["history"]
+        cuda = device.type == "cuda"
+        return {
+            **self.card_sections(),
+            "training": {"seed": cfg.seed, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+                         f"best_{self.monitor}": state.get(f"best_{self.monitor}"),
+                         "early_stopped": state["stale_epochs"] >= cfg.patience,
+                         "train_seconds": float(sum(r["seconds"] for r in history)),
+                         "seconds_per_epoch": float(np.mean([r["seconds"] for r in history] or [0])),
+                         "settings": cfg.__dict__, "device": str(device),
+                         "gpu": torch.cuda.get_device_name() if cuda else None,
+                         "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None},
+            "versions": {"snakescope": __version__, "torch": torch.__version__},
+            "dataset": {"name": self.fingerprint["dataset"], "n_train": n_train, "n_val": n_val},
+        }
