@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,22 +22,34 @@ def write_config(directory: Path, config: dict) -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, config_path: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run snakemake on `config_path` with results under `workdir`; returns the finished process."""
+def run_snakemake(
+    workdir: Path, config_path: Path, *extra: str, check: bool = True, snakefile: Path = SNAKEFILE
+) -> subprocess.CompletedProcess:
+    """Run snakemake on `config_path` with results under `workdir`; returns the finished process.
+
+    `snakefile`: another copy of the workflow to run (its package is the one imported).
+    """
     command = [
         sys.executable, "-m", "snakemake",
-        "--snakefile", str(SNAKEFILE),
+        "--snakefile", str(snakefile),
         "--directory", str(workdir),
         "--configfile", str(config_path),
         "--cores", "2",
         "--show-failed-logs",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": str(PROJECT / "workflow" / "scripts")}
+    env = {**os.environ, "PYTHONPATH": str(Path(snakefile).parent / "scripts")}
     process = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and process.returncode != 0:
         raise AssertionError(f"snakemake failed ({process.returncode}):\n{process.stdout[-6000:]}\n{process.stderr[-6000:]}")
     return process
+
+
+def workflow_copy(directory: Path) -> Path:
+    """A copy of the workflow (and of the envs its rules name) under `directory`; returns its Snakefile."""
+    shutil.copytree(PROJECT / "workflow", directory / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROJECT / "envs", directory / "envs")
+    return directory / "workflow" / "Snakefile"
 
 
 def read_metrics(workdir: Path, dataset: str, model: str, seed: int = 0) -> dict:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import PROJECT, run_snakemake, wbc_dataset, write_config
+from helpers import PROJECT, run_snakemake, wbc_dataset, workflow_copy, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +106,23 @@ def test_config_change_recomputes_only_what_it_touches(cached_runs):
         # another image size: both recomputed, as convert's settings are part of the cache key
         other_size = run(root / "e", wbc_config(shared_data, resize=[48, 48]), "train_only", "-n")
         assert cache_use(other_size) == {"convert": "written to", "split": "written to"}
+
+
+def test_code_change_in_an_imported_module_is_not_served_from_the_cache(cached_runs):
+    """The cache key covers every module convert imports, also one reached only through the task
+    registry and inside functions (instance label images); an unchanged copy still hits the cache."""
+    root, config = cached_runs["root"], cached_runs["config"]
+    same = workflow_copy(root / "same_code")
+    changed = workflow_copy(root / "changed_code")
+    module = changed.parent / "scripts/snakescope/tasks/instance_segmentation/labels.py"
+    module.write_text(module.read_text() + "\n# a change that convert's outputs may depend on\n")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SNAKEMAKE_OUTPUT_CACHE", str(root / "cache"))
+        runs = {}
+        for name, snakefile in (("same", same), ("changed", changed)):
+            workdir = root / f"code_{name}"
+            process = run_snakemake(workdir, write_config(workdir, config), "--profile", PROFILE, SPLIT, "-n",
+                                    snakefile=snakefile)
+            runs[name] = cache_use(process.stdout + process.stderr)
+    assert runs["same"] == {"convert": "obtained from", "split": "obtained from"}
+    assert runs["changed"] == {"convert": "written to", "split": "written to"}
