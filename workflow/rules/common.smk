@@ -65,6 +65,33 @@ def get_run_outputs(path_in_run, *only_if):
     return run_paths(get_runs(), path_in_run, *only_if)
 
 
+def get_planned_runs():
+    """({dataset: its runs} for the datasets whose models are known, [plans still to be made]).
+
+    A dataset whose models are not planned yet contributes its plan (a checkpoint target, so Snakemake
+    calls the input function again once it exists) and lets the other datasets go on. Raising instead
+    would hold every dataset back, and a dataset whose input is broken would stop the others even with
+    --keep-going.
+    """
+    runs, pending = {}, []
+    for name in DATASETS:
+        try:
+            runs[name] = get_dataset_runs(name)
+        except IncompleteCheckpointException as plan:
+            pending.append(plan.targetfile)
+    return runs, pending
+
+
+def get_run_targets(path_in_run, *only_if):
+    """Target rules' input: `path_in_run` of every planned run, and the plans still to be made."""
+    runs, pending = get_planned_runs()
+    return pending + run_paths(
+        [run for dataset_runs in runs.values() for run in dataset_runs],
+        path_in_run,
+        *only_if,
+    )
+
+
 def get_final_output(wildcards=None):
     outputs = []
     for name in DATASETS:
@@ -72,23 +99,14 @@ def get_final_output(wildcards=None):
             f"results/{name}/augment/preview.png",
             f"results/{name}/recommend/plan.tsv",
         ]
-        try:
-            runs = get_dataset_runs(name)
-        except IncompleteCheckpointException as pending:
-            # This dataset's models are not planned yet: ask for its plan (a checkpoint target, so
-            # Snakemake calls this function again once it exists) and let the other datasets go on.
-            # Raising instead would hold every dataset back, and a dataset whose input is broken
-            # would stop the others even with --keep-going.
-            outputs.append(pending.targetfile)
-            continue
-        outputs += run_paths(runs, "train/history.tsv")
-        outputs += run_paths(runs, "evaluate/metrics.json", "evaluate")
-        outputs += run_paths(runs, "uncertainty", "uncertainty")
+    outputs += get_run_targets("train/history.tsv")
+    outputs += get_run_targets("evaluate/metrics.json", "evaluate")
+    outputs += get_run_targets("uncertainty", "uncertainty")
     if any(settings["evaluate"] for settings in DATASETS.values()):
         outputs.append("results/summary/leaderboard.tsv")
         if any(settings["results_library"] for settings in DATASETS.values()):
             outputs.append("results/summary/library_rows.tsv")
-    return outputs
+    return sorted(set(outputs), key=outputs.index)
 
 
 def get_dataset_files(wildcards):
@@ -123,3 +141,20 @@ def get_code_checksum(script):
     """Checksum of every package module `script` imports: part of a cached rule's cache key."""
     scripts = Path(workflow.basedir) / "scripts"
     return code_checksum(scripts / script, scripts / "snakescope")
+
+
+def get_train_processes(wildcards):
+    return DATASETS[wildcards.dataset]["train_processes"]
+
+
+def get_train_gpus(wildcards):
+    """One GPU per training process, none when the config says device: cpu."""
+    settings = DATASETS[wildcards.dataset]
+    return 0 if settings["device"] == "cpu" else settings["train_processes"]
+
+
+def if_distributed(value):
+    """A train resource for data-parallel runs only (None leaves it unset for one process)."""
+    return lambda wildcards, threads: (
+        value(wildcards, threads) if get_train_processes(wildcards) > 1 else None
+    )
