@@ -279,7 +279,8 @@ class Snakescope:
         # the train rule's epoch: Trainer.train_epoch with the task's default loss
         task = get_task(case["task"])
         self.trainer = Trainer(task, SimpleNamespace(max_batches_per_epoch=None), args.threads)
-        self.trainer.model, self.trainer.device = self.model, device
+        self.trainer.model = self.trainer.train_model = self.model
+        self.trainer.device = device
         self.trainer.loss_fn, self.trainer.amp_dtype = task.loss(task.losses[0]), autocast_dtype(device)
         self.generator = torch.Generator()
         repeats = patches_per_image(items, plan)

@@ -181,3 +181,23 @@ def test_fit_repeats_exactly_on_cpu(tmp_path):
         )
         histories.append(pd.read_csv(out / "history.csv")[["train_loss", "val_loss"]].to_numpy())
     assert np.array_equal(histories[0], histories[1])
+
+
+@pytest.mark.parametrize("augmentations", [["flip", "rotate90"], ["flip", "rotate90", "gaussian_noise"]])
+def test_process_shards_of_a_global_batch_are_exactly_its_batch(augmentations):
+    """Data parallel: each of 2 processes gets its half of every global batch, crops and augmentations
+    included, so together they train on exactly what one process would."""
+    items, plan = _segmentation_items(n=9), _plan("segmentation", augmentations, [16, 16])
+
+    def epoch(shard: tuple[int, int]) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(3)
+        batches = TrainBatches(items * 2, plan, 6, "cpu", generator=generator, shard=shard)
+        return [torch.cat([b["image"], b["label"].float()], dim=1) for b in batches]
+
+    whole, first, second = epoch((0, 1)), epoch((0, 2)), epoch((1, 2))
+    assert len(whole) == len(first) == len(second) == 18 // 6
+    for batch, a, b in zip(whole, first, second, strict=True):
+        assert a.shape[0] == b.shape[0] == 3
+        assert torch.equal(batch, torch.cat([a, b]))
+    with pytest.raises(ValueError, match="batch_size 6 .* does not split into 4 training processes"):
+        TrainBatches(items * 2, plan, 6, "cpu", shard=(0, 4))

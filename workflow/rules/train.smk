@@ -33,6 +33,16 @@ rule train:
     resources:
         mem_mb=16000,
         runtime=240,
+        gpu=get_train_gpus,
+        # train_processes > 1: one SLURM task (and GPU) per process, started by srun from within the
+        # job (the executor plugin's `mpi` launch; snakescope.engine.distributed), the job's threads
+        # shared between them. Unset for one process.
+        tasks=if_distributed(lambda w, threads: get_train_processes(w)),
+        tasks_per_gpu=if_distributed(lambda w, threads: 1),
+        cpus_per_task=if_distributed(
+            lambda w, threads: max(1, threads // get_train_processes(w))
+        ),
+        mpi=if_distributed(lambda w, threads: "srun"),
     params:
         settings=get_settings("train"),
         # resume checkpoint and TensorBoard logs: not declared outputs, so they survive a failed try

@@ -271,6 +271,7 @@ class TrainConfig:
     max_batches_per_epoch: int | None = None
     device: str = "auto"
     residual_learning: bool = True
+    processes: int = 1  # data-parallel training processes (snakescope.engine.distributed)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], model: str, seed: int) -> TrainConfig:
@@ -291,6 +292,7 @@ class TrainConfig:
             max_batches_per_epoch=settings.get("max_batches_per_epoch"),
             device=settings.get("device", "auto"),
             residual_learning=bool(settings.get("residual_learning", True)),
+            processes=int(settings.get("train_processes", 1)),
         )
 
 
@@ -321,6 +323,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "device",
         "time_budget_minutes",
         "gpu_memory_gb",
+        "train_processes",
         "results_library",
         "plan",
     ),
@@ -341,6 +344,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "max_batches_per_epoch",
         "device",
         "residual_learning",
+        "train_processes",
     ),
     "predict": ("threshold", "device"),
     "uncertainty": ("mc_samples", "device", "threshold"),

@@ -143,23 +143,30 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
     return StepCost(seconds, per_sample, max(0.0, peaks[0] - small * per_sample))
 
 
-def plan_batch_size(task_name: str, cost: StepCost, resources: Resources, n_train: int) -> tuple[int, str]:
-    """Largest power of two whose measured memory fits the GPU share (at most the task's `max_batch`);
-    the task's fixed `cpu_batch` on the CPU."""
+def plan_batch_size(task_name: str, cost: StepCost, resources: Resources, n_train: int,
+                    processes: int = 1) -> tuple[int, str]:
+    """The global batch: on a GPU, the largest power of two whose measured memory fits one GPU's share,
+    times the training processes (one GPU each), at most the task's `max_batch`; on the CPU the task's
+    fixed `cpu_batch`. Always a multiple of `processes`, which share every batch equally."""
     task = get_task(task_name)
     cap = task.max_batch
     # Several batches per epoch, so early stopping and the learning rate have steps to work with.
     cap = min(cap, max(2, _power_of_two_at_most(n_train / 4)))
     if resources.device != "cuda" or cost.bytes_per_sample is None:
-        batch = min(cap, task.cpu_batch)
+        batch = _multiple_of(min(cap, task.cpu_batch), processes)
         return batch, f"CPU: {batch} (fixed size for CPU training, at most a quarter of the {n_train} training images)"
     budget = GPU_MEMORY_SHARE * resources.gpu_memory_gb * 2**30 - cost.fixed_bytes
     fits = _power_of_two_at_most(budget / cost.bytes_per_sample)
-    batch = max(1, min(cap, fits))
+    batch = _multiple_of(max(1, min(cap, fits * processes)), processes)
+    per_process = f" per GPU, {processes} training processes" if processes > 1 else ""
     return batch, (
         f"measured {cost.bytes_per_sample / 2**20:.0f} MiB per sample + {cost.fixed_bytes / 2**20:.0f} MiB fixed: "
-        f"{fits} fit in {GPU_MEMORY_SHARE:.0%} of {resources.gpu_memory_gb:.1f} GB; capped at {cap}"
+        f"{fits} fit in {GPU_MEMORY_SHARE:.0%} of {resources.gpu_memory_gb:.1f} GB{per_process}; capped at {cap}"
     )
+
+
+def _multiple_of(batch: int, processes: int) -> int:
+    return max(processes, batch // processes * processes)
 
 
 def plan_epochs(seconds_per_sample: float, samples_per_epoch: int, runs: int, resources: Resources,
@@ -271,7 +278,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
     needs_measure = {"batch_size", "epochs"} & auto and MODELS[model].measurable
     cost = measure(model, fingerprint, sample_shape, resources.device) if needs_measure else None
     if cost is not None:
-        batch, reason = plan_batch_size(task.name, cost, resources, n_train)
+        batch, reason = plan_batch_size(task.name, cost, resources, n_train, settings.get("train_processes", 1))
         choose("batch_size", batch, "rules", reason)
     else:
         choose("batch_size", 2, "rules", f"{model} is not timed on random input: two images per step")

@@ -21,9 +21,15 @@ from snakescope.io import atomic_path
 log = logging.getLogger(__name__)
 
 
+# Settings that do not change what a run computes: a run resumes whatever the number of processes (the
+# global batch, and so each step, is the same).
+NOT_HASHED = ("processes",)
+
+
 def run_hash(cfg, split: dict, plan: dict) -> str:
     """16 hex digits over the training settings (a dataclass), the split and the plan."""
-    payload = json.dumps({"cfg": cfg.__dict__, "split": split, "plan": plan}, sort_keys=True, default=str)
+    settings = {k: v for k, v in cfg.__dict__.items() if k not in NOT_HASHED}
+    payload = json.dumps({"cfg": settings, "split": split, "plan": plan}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -59,26 +65,31 @@ def finish_epoch(
     row: dict,
     monitor: str = "val_loss",
     higher_is_better: bool = False,
+    save: bool = True,
 ) -> dict | None:
     """Record one epoch's `row` (needs "epoch" and `monitor`; gets "improved") in `state`, keep the
     weights when the monitored value improved (its best is `state["best_<monitor>"]`), and write the
-    resume checkpoint.
+    resume checkpoint. With `save` False (a data-parallel process other than the first) only `state` is
+    kept up to date.
 
     Returns:
-        the new best weights (on the CPU), or None when the epoch did not improve.
+        the new best weights (on the CPU), or None when the epoch did not improve or nothing is saved.
     """
     best_state = None
     best, value = state.get(f"best_{monitor}"), row[monitor]
     row["improved"] = best is None or (value > best if higher_is_better else value < best)
     if row["improved"]:
         state.update({f"best_{monitor}": row[monitor], "best_epoch": row["epoch"], "stale_epochs": 0})
-        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        with atomic_path(work_dir / "checkpoint_best.pt") as tmp:
-            torch.save(best_state, tmp)
     else:
         state["stale_epochs"] += 1
     state["history"].append(row)
     state["epoch"] = row["epoch"]
+    if not save:
+        return None
+    if row["improved"]:
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        with atomic_path(work_dir / "checkpoint_best.pt") as tmp:
+            torch.save(best_state, tmp)
     with atomic_path(work_dir / "checkpoint_last.pt") as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                     "run_hash": run_hash}, tmp)

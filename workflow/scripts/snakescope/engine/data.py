@@ -177,6 +177,10 @@ class TrainBatches:
         threads: CPU threads of the job; sets the DataLoader workers when MONAI augmentations run per image.
         generator: the source of every random choice; re-seed it before each epoch to repeat a run.
         on_device: keep the training set in GPU memory (None: when it fits, see DEVICE_MEMORY_SHARE).
+        shard: (rank, processes) of data-parallel training: `batch_size` is the global batch, and this
+            process gets its equal slice of each one. Every process draws the same epoch (order, crops,
+            augmentations) from its identically seeded generator, so the slices together are exactly the
+            batches of one process.
     """
 
     def __init__(
@@ -188,6 +192,7 @@ class TrainBatches:
         threads: int = 1,
         generator: torch.Generator | None = None,
         on_device: bool | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         if not items:
             raise ValueError("no training images")
@@ -196,6 +201,13 @@ class TrainBatches:
         self.n = len(items)
         self.batch_size = min(batch_size, self.n)
         self.drop_last = self.n > batch_size
+        self.rank, self.processes = shard
+        if self.batch_size % self.processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} (the global batch{', all training samples' if self.n < batch_size else ''}) "
+                f"does not split into {self.processes} training processes; make it a multiple of train_processes."
+            )
+        self.local_batch = self.batch_size // self.processes
         self.augment = BatchAugment(plan)
         self.patch_size = list(plan["patch_size"]) if plan.get("patch_size") else None
         self.has_label = "label" in items[0]
@@ -223,9 +235,9 @@ class TrainBatches:
         self.num_workers = min(16, max(1, threads - 1)) if cuda else max(0, threads - 2)
         self.loader = torch.utils.data.DataLoader(
             ItemDataset(items, transform),
-            batch_size=self.batch_size,
+            batch_size=self.local_batch,
             sampler=self.sampler,
-            drop_last=self.drop_last,
+            drop_last=False,  # the sampler holds whole batches only (see __iter__)
             num_workers=self.num_workers,
             pin_memory=cuda,
             persistent_workers=self.num_workers > 0,
@@ -284,6 +296,8 @@ class TrainBatches:
         params = self.augment.draw(self.n, self.generator)
         crop = torch.rand(self.n, len(self.patch_size or []), generator=self.generator)
         starts = [(i, i + self.batch_size) for i in range(0, self.n, self.batch_size)][: len(self)]
+        # this process's slice of each global batch
+        starts = [(a + self.rank * self.local_batch, a + (self.rank + 1) * self.local_batch) for a, _ in starts]
         positions = self.storage_index[order] if self.mode == "tensor" else order
         device_params = device_positions = None
         if self.device.type == "cuda":
@@ -293,7 +307,8 @@ class TrainBatches:
             if self.mode == "tensor" and not self.pinned:
                 device_positions = _to_device(positions, self.device)
         if self.mode == "loader":
-            self.sampler.pairs = list(zip(order.tolist(), seeds.tolist(), strict=True))
+            pairs = list(zip(order.tolist(), seeds.tolist(), strict=True))
+            self.sampler.pairs = [pair for start, stop in starts for pair in pairs[start:stop]]
             batches = iter(self.loader)
         for start, stop in starts:
             if self.mode == "loader":

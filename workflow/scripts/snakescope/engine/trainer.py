@@ -9,6 +9,13 @@ tasks: its loss, its validation score, how it reads labels and prepares the plan
 Adam, early stopping on the monitored validation value, the best weights kept, resumable: random
 streams are re-seeded from (seed, epoch) at each epoch, so a resumed run follows the same path as an
 uninterrupted one.
+
+Data parallel (snakescope.engine.distributed): started as one of several processes, the trainer joins
+their group, wraps the network in DistributedDataParallel (BatchNorm synchronised across GPUs; on CPUs
+each process normalises its own slice, as PyTorch's SyncBatchNorm needs GPUs), trains on its slice of each
+global batch, validates on its share of the validation images, and sums losses and scores over the
+processes, so every process takes the same early-stopping decisions. The first process alone writes the
+checkpoints, history, TensorBoard logs, model and card; every process resumes from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import pandas as pd
 import torch
 
 from snakescope import __version__
-from snakescope.engine import checkpoint
+from snakescope.engine import checkpoint, distributed
 from snakescope.engine.data import TrainBatches, load_items
 from snakescope.engine.inference import predict_logits
 from snakescope.engine.models import ModelSpec, build_model
@@ -72,6 +79,8 @@ class Trainer:
     monitor = "val_loss"  # the history column that picks the best epoch and stops early
     higher_is_better = False
     channels_last = True  # 2D networks on a GPU in channels-last memory order (faster convolutions)
+    find_unused_parameters = False  # DistributedDataParallel: every parameter gets a gradient each step
+    group = distributed.SINGLE  # this process's place among the training processes (set by `fit`)
 
     def __init__(self, task, cfg, threads: int = 1):
         self.task = task
@@ -106,7 +115,7 @@ class Trainer:
         if device.type == "cuda" and image.ndim == 4:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            logits = self.model(image)
+            logits = self.train_model(image)
         return self.loss_fn(logits.float(), label), image.shape[0]
 
     def clip_gradients(self) -> None:
@@ -116,7 +125,7 @@ class Trainer:
     def validate(self) -> dict:
         """{"val_loss": ..., <task score>: ...} on the whole validation images."""
         model, plan, device, amp_dtype = self.model, self.plan, self.device, self.amp_dtype
-        items = self.val_items
+        items = self.val_items[self.group.rank::self.group.world]
         model.eval()
         losses, scores = [], []
         batch_size = 1 if self.task.dense else VALIDATION_BATCH  # dense images may differ in size
@@ -129,7 +138,8 @@ class Trainer:
             logits = logits.float()
             losses.append(self.loss_fn(logits, label).item() * len(chunk))
             scores.append(self.task.validation_score(logits, label))
-        return {"val_loss": sum(losses) / len(items), self.task.score_name: sum(scores) / len(items)}
+        loss, score, n = distributed.sum_over_processes([sum(losses), sum(scores), len(items)], self.group)
+        return {"val_loss": loss / n, self.task.score_name: score / n}
 
     def payload_extras(self) -> dict:
         """Entries added to the saved model beside weights, spec and plan."""
@@ -163,8 +173,21 @@ class Trainer:
             the model card dict.
         """
         cfg = self.cfg
-        torch.set_num_threads(max(1, self.threads))
-        self.device = device = select_device(cfg.device)
+        self.group = group = distributed.from_environment() or distributed.SINGLE
+        torch.set_num_threads(max(1, self.threads // group.world))
+        device = select_device(cfg.device)
+        if device.type == "cuda" and group.world > 1:
+            device = torch.device("cuda", group.local_rank)
+        self.device = device
+        if group.world > 1:
+            distributed.setup(group, cuda=device.type == "cuda")
+        try:
+            return self._fit(data, model_out, history_out, card_out, work_dir)
+        finally:
+            distributed.teardown()
+
+    def _fit(self, data: TrainingData, model_out: str, history_out: str, card_out: str, work_dir: str | None):
+        cfg, group, device = self.cfg, self.group, self.device
         seed_everything(cfg.seed, device)
         self.fingerprint = read_json(data.fingerprint_json)
         split = read_json(data.split_json)
@@ -176,7 +199,9 @@ class Trainer:
         model.to(device)
         if self.channels_last and device.type == "cuda" and self.spec.spatial_dims == 2:
             model.to(memory_format=torch.channels_last)
-        self.model = model
+        if group.world > 1 and device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = self.train_model = model
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
         self.loss_fn = self.task.loss(cfg.loss)
         self.amp_dtype = autocast_dtype(device)
@@ -188,21 +213,26 @@ class Trainer:
         # The training set is held as tensors (on the GPU when it fits); flips and quarter turns run there
         # in batch, other augmentations per image in `threads`-sized DataLoader workers (engine.data).
         loader = TrainBatches(train_items * patches_per_image(train_items, self.plan), self.plan, cfg.batch_size,
-                              device, threads=self.threads, generator=generator)
+                              device, threads=self.threads, generator=generator, shard=(group.rank, group.world))
 
         hash_ = checkpoint.run_hash(cfg, split, self.plan)
         state, best_state = checkpoint.resume_run(work_dir, hash_, model, optimizer)
+        if group.world > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=self.find_unused_parameters)
 
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(work_dir / "tensorboard"))
+        writer = SummaryWriter(log_dir=str(work_dir / "tensorboard")) if group.is_main else None
         log.info("training %s on %s: %d train images (%d samples per epoch) / %d val, %d parameters", cfg.model,
                  device, len(train_items), loader.n, len(self.val_items), sum(p.numel() for p in model.parameters()))
 
         while state["epoch"] < cfg.epochs and state["stale_epochs"] < cfg.patience:
             epoch = state["epoch"] + 1
             epoch_seed = cfg.seed * 100_003 + epoch
-            torch.manual_seed(epoch_seed)
+            # dropout draws its own masks in every process; the batches' generator is the same in all
+            torch.manual_seed(epoch_seed + 7_919 * group.rank)
             generator.manual_seed(epoch_seed)
             started = time.perf_counter()
             train_loss, n_images = self.train_epoch(loader, optimizer)
@@ -210,18 +240,21 @@ class Trainer:
             seconds = time.perf_counter() - started
             row.update({"seconds": seconds, "images_per_second": n_images / max(seconds, 1e-9)})
             best_state = checkpoint.finish_epoch(work_dir, hash_, model, optimizer, state, row, self.monitor,
-                                                 self.higher_is_better) or best_state
+                                                 self.higher_is_better, save=group.is_main) or best_state
             values = {k: v for k, v in row.items() if k not in ("epoch", "seconds", "improved")}
             for key, value in values.items():
-                writer.add_scalar(key, value, epoch)
+                if writer:
+                    writer.add_scalar(key, value, epoch)
             log.info("epoch %d/%d %s (%.1fs)%s", epoch, cfg.epochs,
                      " ".join(f"{k} {v:.4f}" for k, v in values.items()), seconds,
                      " *best*" if row["improved"] else "")
-        writer.close()
+        if writer:
+            writer.close()
         if state["stale_epochs"] >= cfg.patience:
             log.info("early stop: no better %s for %d epochs; best epoch %d", self.monitor, cfg.patience,
                      state["best_epoch"])
-
+        if not group.is_main:
+            return None
         checkpoint.save_model({
             "model": best_state if best_state is not None else model.state_dict(),
             "spec": self.spec.to_dict(),
@@ -250,7 +283,8 @@ class Trainer:
             optimizer.step()
             total += loss.detach().double() * n  # summed on the device: no sync per step
             n_images += n
-        return total.item() / max(n_images, 1), n_images
+        total, n_images = distributed.sum_over_processes([total.item(), n_images], self.group)
+        return total / max(n_images, 1), int(n_images)
 
     def _card(self, state: dict, device: torch.device, n_train: int, n_val: int) -> dict:
         cfg, history = self.cfg, state["history"]
@@ -267,4 +301,5 @@ class Trainer:
                          "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None},
             "versions": {"snakescope": __version__, "torch": torch.__version__},
             "dataset": {"name": self.fingerprint["dataset"], "n_train": n_train, "n_val": n_val},
+            "processes": self.group.world,
         }

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from snakescope.engine import distributed
 from snakescope.engine.models import MODELS
 from snakescope.engine.networks import MASKRCNN_SCORE_THRESHOLD, anchor_sizes, set_anchor_sizes
 from snakescope.engine.trainer import Trainer
@@ -214,7 +215,7 @@ class DetectorTrainer(Trainer):
             {k: v.to(device) for k, v in maskrcnn_target(label[0].cpu().numpy()).items()}
             for label in batch["label"]
         ]
-        return sum(self.model(images, targets).values()), len(images)
+        return sum(self.train_model(images, targets).values()), len(images)
 
     def clip_gradients(self) -> None:
         import torch
@@ -231,7 +232,7 @@ class DetectorTrainer(Trainer):
             # At most MAX_VAL_TILES, spread evenly: validation runs every epoch and a detector is slow on the CPU.
             self.val_tiles = [tiles[i] for i in np.unique(np.linspace(0, len(tiles) - 1, MAX_VAL_TILES).astype(int))]
         losses, scores = [], []
-        for image, labels in self.val_tiles:
+        for image, labels in self.val_tiles[self.group.rank::self.group.world]:
             tensor = torch.as_tensor(np.ascontiguousarray(image)).to(device)
             target = {k: v.to(device) for k, v in maskrcnn_target(labels).items()}
             model.train()
@@ -243,8 +244,10 @@ class DetectorTrainer(Trainer):
             predicted, _ = maskrcnn_instances(model, tensor)
             scores.append(instance_metrics(labels, predicted))
         model.train()
-        return {"val_loss": float(np.mean(losses)), "val_f1": float(np.mean([m["f1_50"] for m in scores])),
-                "val_pq": float(np.mean([m["pq"] for m in scores]))}
+        sums = [float(np.sum(losses)), float(np.sum([m["f1_50"] for m in scores])),
+                float(np.sum([m["pq"] for m in scores])), len(losses)]
+        loss, f1, pq, n = distributed.sum_over_processes(sums, self.group)
+        return {"val_loss": loss / n, "val_f1": f1 / n, "val_pq": pq / n}
 
     def payload_extras(self) -> dict:
         return {"maskrcnn": {"anchor_sizes": list(self.sizes), "patch_size": self.patch}}
