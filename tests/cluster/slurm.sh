@@ -8,6 +8,9 @@
 #   stop    kill exactly the daemons that `start` started (by the PIDs recorded in the state directory).
 #   status  print which daemons run, sinfo and squeue; exit 0 if the cluster is up, 3 if it is stopped.
 #   env     print the `export` lines callers need (same content as $STATE_DIR/env.sh).
+#   drmaa   build the SLURM DRMAA library (libdrmaa.so, for profiles/slurm-drmaa) from the slurm-drmaa
+#           source in ../shared/vendor/slurm-drmaa, once (about two minutes on two cores; build tools and
+#           libslurm-dev come from apt), and print its path. Idempotent: an existing build is reused.
 #
 # Environment:
 #   SNAKESCOPE_SLURM_DIR      state directory (default /tmp/snakescope-slurm). Holds etc/slurm.conf,
@@ -23,6 +26,8 @@
 #                             profile's mem_mb requests are accepted on small CI machines; memory is neither
 #                             consumed by jobs (CR_Core) nor enforced (no cgroups) on this test cluster).
 #   SNAKESCOPE_SLURM_CTLD_PORT / SNAKESCOPE_SLURM_D_PORT   ports (default 6817 / 6818).
+#   SNAKESCOPE_SLURM_DRMAA_SOURCE  the slurm-drmaa source archive (default: ../shared/vendor/slurm-drmaa/
+#                             slurm-drmaa-src.tar.gz beside the repository); built into $STATE_DIR/drmaa.
 # Callers should `export SLURM_CONF=$STATE_DIR/etc/slurm.conf` (or `source $STATE_DIR/env.sh`) before
 # using sbatch/squeue/snakemake. munged listens on a private socket named in slurm.conf
 # (AuthInfo=socket=...), so a system munged is untouched.
@@ -70,6 +75,10 @@ MUNGE_SOCKET="$MUNGE_DIR/munge.socket.2"
 RUN_DIR="$STATE_DIR/run"
 LOG_DIR="$STATE_DIR/log"
 START_TIMEOUT=60   # seconds to wait for each daemon / for the node to become idle
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DRMAA_SOURCE="${SNAKESCOPE_SLURM_DRMAA_SOURCE:-$REPO/../shared/vendor/slurm-drmaa/slurm-drmaa-src.tar.gz}"
+DRMAA_PREFIX="$STATE_DIR/drmaa"
+DRMAA_LIB="$DRMAA_PREFIX/lib/libdrmaa.so"
 
 say() { printf 'slurm.sh: %s\n' "$*"; }
 die() { printf 'slurm.sh: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -325,6 +334,44 @@ cmd_stop() {
     if (( stopped == 0 )); then say "nothing was running"; else say "stopped $stopped daemon(s)"; fi
 }
 
+# Build slurm-drmaa (github natefoo/slurm-drmaa; Debian has no package) against Debian's SLURM, as the
+# README beside the source says; a site installs it the same way or has it as a module.
+cmd_drmaa() {
+    local build packages=() tool
+    if [[ -f "$DRMAA_LIB" ]]; then
+        printf '%s\n' "$DRMAA_LIB"
+        return 0
+    fi
+    [[ -f "$DRMAA_SOURCE" ]] || die "slurm-drmaa source not found at $DRMAA_SOURCE (set SNAKESCOPE_SLURM_DRMAA_SOURCE)"
+    for tool in autoconf automake libtoolize bison gperf ragel make gcc pkg-config; do
+        command -v "$tool" >/dev/null 2>&1 || packages+=("$tool")
+    done
+    [[ -f /usr/include/slurm/slurm.h ]] || packages+=(libslurm-dev)
+    if [[ ${#packages[@]} -gt 0 ]]; then
+        [[ "$(id -u)" -eq 0 ]] || die "need root to apt-get install the slurm-drmaa build tools"
+        say "installing the slurm-drmaa build tools with apt-get..."
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends autoconf automake libtool bison gperf ragel \
+            libslurm-dev build-essential pkg-config >/dev/null
+    fi
+    build="$(mktemp -d "$STATE_DIR/drmaa-build.XXXXXX")"
+    say "building slurm-drmaa in $build (about two minutes)..."
+    tar xzf "$DRMAA_SOURCE" -C "$build"
+    (
+        cd "$build/slurm-drmaa"
+        ./autogen.sh >"$build/autogen.log" 2>&1
+        ./configure --prefix="$DRMAA_PREFIX" --with-slurm-inc=/usr/include \
+            --with-slurm-lib="/usr/lib/$(gcc -dumpmachine)" >"$build/configure.log" 2>&1
+        make -j"$(nproc)" >"$build/make.log" 2>&1
+        make install >"$build/install.log" 2>&1
+    ) || { tail -n 30 "$build"/*.log >&2; die "slurm-drmaa build failed (logs in $build)"; }
+    rm -rf "$build"
+    [[ -f "$DRMAA_LIB" ]] || die "slurm-drmaa built, but $DRMAA_LIB is missing"
+    say "built $DRMAA_LIB"
+    printf '%s\n' "$DRMAA_LIB"
+}
+
 cmd_status() {
     local name pid
     for name in munged slurmctld slurmd; do
@@ -351,6 +398,10 @@ case "${1:-}" in
     start) with_lock cmd_start ;;
     stop) with_lock cmd_stop ;;
     status) cmd_status ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
-    *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+    env)
+        echo "export SLURM_CONF=$CONF"
+        if [[ -f "$DRMAA_LIB" ]]; then echo "export DRMAA_LIBRARY_PATH=$DRMAA_LIB"; fi
+        ;;
+    drmaa) with_lock cmd_drmaa ;;
+    *) echo "usage: $0 start|stop|status|env|drmaa" >&2; exit 2 ;;
 esac
