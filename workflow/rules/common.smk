@@ -1,6 +1,7 @@
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 # The package lives beside the scripts; Snakemake's script preamble puts it on sys.path for the
@@ -9,13 +10,23 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from snakemake.exceptions import IncompleteCheckpointException
 
-from snakescope.config import resolve_datasets, stage_settings
+from snakescope.config import ConfigError, resolve_datasets, stage_settings
 from snakescope.convert import list_input_files
+from snakescope.logs import warning_summary
 from snakescope.provenance import code_checksum
+
+RUN_STARTED = (
+    time.time()
+)  # the warning summary at the end covers the logs this run wrote
 
 ##### validate the config and fill in defaults #####
 
-DATASETS = resolve_datasets(config)
+try:
+    DATASETS = resolve_datasets(config)
+except ConfigError as error:
+    # a user's mistake: its message, which names the key and the fix, without Python's traceback
+    print(f"snakescope: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 wildcard_constraints:
@@ -158,3 +169,10 @@ def if_distributed(value):
     return lambda wildcards, threads: (
         value(wildcards, threads) if get_train_processes(wildcards) > 1 else None
     )
+
+
+def print_warning_summary():
+    """The snakescope warnings of this run's jobs, repeated once all have ended (not inside a job)."""
+    summary = warning_summary("logs", since=RUN_STARTED)
+    if summary and not workflow.remote_exec:
+        print(summary, file=sys.stderr)

@@ -18,7 +18,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from snakescope.engine.models import check_model
+from snakescope.engine.models import check_model, check_patch, fits_patch, models_for
+from snakescope.io import UserError
 from snakescope.tasks import get_task
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
@@ -27,7 +28,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.y
 PLANNED_KEYS = ("models", "batch_size", "epochs", "patch_size", "augmentations", "normalisation")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is missing, misspelt or out of range; the message says which and how to fix it."""
 
 
@@ -117,7 +118,26 @@ def _describe(error: jsonschema.ValidationError, config: dict) -> str:
         return f"{where}: {error.message}. Add it to this entry."
     if error.validator == "additionalProperties":
         return f"{where}: {error.message}. Allowed keys: {', '.join(sorted(error.schema.get('properties', {})))}."
-    return f"{where}: got {error.instance!r} ({error.message}); allowed: {_allowed(error.schema)}."
+    hint = ""
+    if error.validator == "type" and isinstance(error.instance, str) and _is_number(error.instance):
+        # YAML 1.1 (PyYAML) reads 1e-3 as text: a float needs a dot in its mantissa
+        hint = f" YAML reads {error.instance} as text: write {float(error.instance):g}"
+        hint += f" or {_with_dot(error.instance)}." if "e" in error.instance.lower() else ", without quotes."
+    return f"{where}: got {error.instance!r} ({error.message}); allowed: {_allowed(error.schema)}.{hint}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _with_dot(text: str) -> str:
+    """'1e-3' -> '1.0e-3', the spelling YAML reads as a number."""
+    mantissa, _, exponent = text.lower().partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}"
 
 
 def _validate(config: dict, schema: dict) -> None:
@@ -226,17 +246,40 @@ def _fill_defaults(
     for key in ("pretrained_weights", "results_library", "plan"):
         if settings[key]:
             settings[key] = str(_resolve(base_dir, settings[key]))
+    for key in ("pretrained_weights", "plan"):  # read by a later rule: missing, they would fail it late
+        if settings[key] and not Path(settings[key]).is_file():
+            raise ConfigError(
+                f"{where}: {key} '{settings[key]}' is not a file. Give the path of an existing local file "
+                "(relative paths are resolved from the folder you run snakemake in)."
+            )
     if settings["loss"] not in task.losses:
         raise ConfigError(
             f"{where}: loss '{settings['loss']}' does not suit {task.name}; use one of {list(task.losses)} "
             f"(default {task.losses[0]})."
         )
     spatial_dims = len(settings["patch_size"])
+    planned = set(settings["auto_keys"])
     for model in settings["models"]:
         try:
             check_model(model, task.name, spatial_dims)
+            # a network's input sides are fixed by its downsamplings; the planner fits what it plans
+            if task.dense and not planned & {"models", "patch_size"}:
+                check_patch(model, settings["patch_size"])
         except ValueError as error:
-            raise ConfigError(f"{where}: models: {error}. Change `models` in the config.") from None
+            raise ConfigError(f"{where}: models: {error}. Change `models` or `patch_size` in the config.") from None
+    if "batch_size" not in planned and settings["batch_size"] % settings["train_processes"]:
+        raise ConfigError(
+            f"{where}: batch_size {settings['batch_size']} does not split into {settings['train_processes']} "
+            "training processes (it is the global batch, shared equally); make it a multiple of train_processes."
+        )
+    if task.dense and "models" in planned and "patch_size" not in planned:
+        fitting = [m for m in models_for(task.name, spatial_dims) if fits_patch(m, settings["patch_size"])]
+        if not fitting:
+            raise ConfigError(
+                f"{where}: patch_size {settings['patch_size']} fits no network for {task.name} (each needs sides "
+                f"that are multiples of its downsampling factor, e.g. 16); use e.g. {[32] * spatial_dims} or "
+                "leave patch_size to the planner."
+            )
     threshold = settings["threshold"]
     if isinstance(threshold, str) and threshold != "otsu":
         raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got '{threshold}'.")

@@ -7,9 +7,14 @@ file and the fix when it cannot.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 
 from snakescope.io import InputError, read_image
+
+log = logging.getLogger(__name__)
 
 
 def _tiff_axes(path: str) -> str:
@@ -56,6 +61,13 @@ def to_channels_first(array: np.ndarray, path: str, spatial_dims: int = 2) -> np
             colour_last = True
         elif array.ndim == 3 and array.shape[0] <= 16 < min(array.shape[1:]):
             out = array
+            if stacked and stacked[0][0] in "QI":  # pages whose meaning the file does not say
+                log.warning(
+                    "%s: %d pages without axis metadata, read as %d channels (CYX). If they are Z planes, give "
+                    "patch_size three values; if time points, save one file per frame; if channels, save the "
+                    "file with axes metadata (e.g. tifffile's metadata={'axes': 'CYX'}, or Fiji) to silence this.",
+                    path, array.shape[0], array.shape[0],
+                )
         else:
             raise InputError(
                 f"{path}: shape {array.shape} is not a 2D image (expected YX, YXC with 2-4 colours, or CYX "
@@ -63,6 +75,11 @@ def to_channels_first(array: np.ndarray, path: str, spatial_dims: int = 2) -> np
                 "or for 3D data give patch_size three values (e.g. [32, 128, 128])."
             )
     else:
+        if not str(path).lower().endswith((".tif", ".tiff")):
+            raise InputError(
+                f"{path}: a {Path(path).suffix} file holds a 2D image, but the task is 3D (patch_size has three "
+                "values). Give 2D images a two-value patch_size, or save each volume as one multi-page TIFF."
+            )
         if array.ndim == 3:
             out = array[None]
         elif array.ndim == 4:

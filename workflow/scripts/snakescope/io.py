@@ -22,7 +22,12 @@ import numpy as np
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
 
-class InputError(ValueError):
+class UserError(ValueError):
+    """A mistake in what the user gave (data or configuration), not in snakescope: its message, which names
+    the file or key and the fix, is all the user is shown (snakescope.logs)."""
+
+
+class InputError(UserError):
     """The user's data cannot be used as given; the message names the file and the fix."""
 
 
@@ -69,6 +74,9 @@ def read_image(path: str | Path) -> np.ndarray:
         else:
             from PIL import Image
 
+            # Pillow refuses images over 179 megapixels as "decompression bombs", a guard for web servers
+            # against hostile files; a whole-slide PNG of the user's own is not one.
+            Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as image:
                 image.load()
                 array = np.asarray(image)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from snakescope.config import PLANNED_KEYS
-from snakescope.engine.models import MODELS, check_model, models_for
+from snakescope.engine.models import MODELS, check_model, fit_patch, fits_patch, models_for
 from snakescope.io import read_json
 from snakescope.tasks import get_task
 
@@ -78,14 +78,18 @@ def _power_of_two_at_most(value: float) -> int:
     return 2 ** int(math.floor(math.log2(max(1.0, value))))
 
 
-def plan_patch_size(fingerprint: dict, device: str) -> list[int]:
-    """Per axis: the largest power of two that fits the median image, within the hardware's cap.
+def plan_patch_size(fingerprint: dict, device: str, models: list[str] = ()) -> list[int]:
+    """Per axis: the largest power of two that fits the median image, within the hardware's cap, and a
+    side every network of `models` takes (a smaller image is padded up to it).
 
     The number of axes is the fingerprint's, which `convert` took from the configured patch size.
     """
     dims = fingerprint["spatial_dims"]
     cap = MAX_PATCH[(device, dims)]
-    return [max(MIN_PATCH[dims], min(cap, _power_of_two_at_most(side))) for side in fingerprint["shape_median"][-dims:]]
+    sides = [max(MIN_PATCH[dims], min(cap, _power_of_two_at_most(side))) for side in fingerprint["shape_median"][-dims:]]
+    for model in sorted(models, key=lambda m: -MODELS[m].patch_multiple):  # the coarsest grid first
+        sides = fit_patch(model, sides)
+    return sides
 
 
 @dataclass(frozen=True)
@@ -244,9 +248,12 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
         else:
             chosen[key] = {"value": settings[key], "source": "user", "reason": "set in the config"}
 
+    def takes_the_patch(model: str) -> bool:  # a patch size the user set rules out networks that cannot take it
+        return not task.dense or "patch_size" in auto or fits_patch(model, settings["patch_size"])
+
     # Model: library first, rules when it has nothing for this task.
     candidates = [m for m in models_for(task.name, fingerprint["spatial_dims"])
-                  if not MODELS[m].needs_gpu or resources.device == "cuda"]
+                  if (not MODELS[m].needs_gpu or resources.device == "cuda") and takes_the_patch(m)]
     recommendation = None
     if "models" in auto and library is not None:
         from snakescope.library import fingerprint_features, recommend_model
@@ -257,6 +264,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
         choose("models", [recommendation.model], "library", " ".join(recommendation.reasons()))
     else:
         rule_model = task.rule_models[resources.device]
+        rule_model = rule_model if rule_model in candidates else candidates[0]
         choose("models", [rule_model], "rules",
                f"no results for {task.name} in the library; {task.rule_model_reason} for "
                f"{resources.device.upper()}: {MODELS[rule_model].description}")
@@ -267,7 +275,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
                                 "reason": f"{task.name} uses whole images (resize), no patches"}
         sample_shape = list(fingerprint.get("resized_to") or fingerprint["shape_median"])
     else:
-        patch = plan_patch_size(fingerprint, resources.device)
+        patch = plan_patch_size(fingerprint, resources.device, chosen["models"]["value"])
         choose("patch_size", patch, "rules",
                f"largest power of two within the median image {fingerprint['shape_median']} and the "
                f"{resources.device.upper()} cap of {MAX_PATCH[(resources.device, fingerprint['spatial_dims'])]}")

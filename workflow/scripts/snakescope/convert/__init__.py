@@ -21,7 +21,7 @@ from snakescope.convert.fingerprint import dataset_fingerprint
 from snakescope.convert.pack import write_packed
 from snakescope.convert.read import read_dataset, read_sample_image, tile_samples
 from snakescope.convert.samples import Sample
-from snakescope.convert.validate import channel_count_errors, raise_if_any
+from snakescope.convert.validate import channel_count_errors, constant_images, raise_if_any
 from snakescope.io import write_json
 from snakescope.tasks import get_task
 
@@ -44,7 +44,10 @@ def convert_dataset(
         samples, images, targets = tile_samples(
             samples, images, targets, layout["tile_size"], layout.get("test_right_fraction")
         )
-    raise_if_any(errors + channel_count_errors(samples, images))
+    blank, constant_warnings = constant_images(samples, images)
+    raise_if_any(errors + channel_count_errors(samples, images) + blank + task.check_targets(samples, targets, settings))
+    for warning in constant_warnings:
+        log.warning(warning)
     targets, facts = task.prepare_targets(targets)
     fingerprint = dataset_fingerprint(settings, samples, images, raw_dtypes)
     fingerprint.update(facts)

@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 from snakescope.convert.fields import discover_field_samples
-from snakescope.convert.samples import Sample, glob_files, mark_test_images
-from snakescope.convert.validate import raise_if_any
+from snakescope.convert.samples import Sample, existing_files, glob_files, mark_test_images
+from snakescope.convert.validate import label_spelling_errors, raise_if_any
 from snakescope.io import IMAGE_SUFFIXES, InputError, natural_key
 from snakescope.tasks import get_task
 
@@ -27,11 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    candidates = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return existing_files(candidates)
 
 
 def _strip_image_suffix(name: str) -> str:
@@ -342,6 +339,8 @@ def discover_samples(settings: dict) -> list[Sample]:
                     )
                 )
 
+    if not dense and not settings.get("classes"):
+        errors += label_spelling_errors(samples)
     if not dense and settings.get("classes"):
         allowed = [str(c) for c in settings["classes"]]
         for sample in samples:

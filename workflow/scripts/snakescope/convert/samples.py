@@ -6,6 +6,7 @@ snakescope.convert.fields) find them, snakescope.convert.read reads them.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +31,31 @@ class Sample:
 
 def glob_files(data_dir: Path, pattern: str, key: str) -> list[Path]:
     try:
-        found = data_dir.glob(pattern)
-        return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+        found = [p for p in data_dir.glob(pattern) if not p.name.startswith(".")]
     except (ValueError, NotImplementedError) as error:
         raise InputError(
             f"layout.{key} '{pattern}': not a usable glob ({error}). Give a pattern relative to data_dir "
             f"({data_dir}), e.g. 'images/*.tif'."
         ) from error
+    return existing_files(found)
+
+
+def existing_files(paths) -> list[Path]:
+    """The files among `paths`, sorted; a broken symbolic link among them is an error, not a file to skip.
+
+    Raises:
+        InputError naming every broken link and where it points.
+    """
+    paths = list(paths)
+    broken = sorted(p for p in paths if p.is_symlink() and not p.exists())
+    if broken:
+        shown = "\n  - ".join(f"{p} -> {os.readlink(p)}" for p in broken[:20])
+        raise InputError(
+            f"{len(broken)} broken symbolic link(s) among the input files (the files they point to do not "
+            f"exist):\n  - {shown}\nRestore the files they point to (a moved or unmounted folder?) or remove "
+            "the links."
+        )
+    return sorted(p for p in paths if p.is_file())
 
 
 def safe_id(text: str) -> str:

@@ -34,3 +34,45 @@ def channel_count_errors(samples: list, images: dict[str, np.ndarray]) -> list[s
         for sample in samples
         if sample.id in images and images[sample.id].shape[0] != majority
     ]
+
+
+def constant_images(samples: list, images: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about images whose every pixel has one value (blank, or a failed acquisition):
+    an error when every image is constant, else one warning per constant image (kept, but it carries no
+    information)."""
+    constant = [s for s in samples if s.id in images and np.ptp(images[s.id]) == 0]
+    if not constant:
+        return [], []
+    if len(constant) == len(images):
+        value = float(images[constant[0].id].flat[0])
+        return [
+            f"every one of the {len(images)} images is constant (each has a single value, e.g. {value:g} in "
+            f"{constant[0].image}): there is nothing to learn. Check the export (all-black or all-white files?) "
+            "and layout.images."
+        ], []
+    return [], [
+        f"{s.image}: the image is constant (every pixel {float(images[s.id].flat[0]):g}): blank or a failed "
+        "acquisition? It is kept but carries no information; remove it if it should not be there."
+        for s in constant
+    ]
+
+
+def label_spelling_errors(samples: list) -> list[str]:
+    """One message per group of class labels that differ only in case or spaces ('B' among 'b')."""
+    by_spelling: dict[str, Counter] = {}
+    for sample in samples:
+        if sample.label:
+            key = " ".join(sample.label.split()).casefold()
+            by_spelling.setdefault(key, Counter())[sample.label] += 1
+    errors = []
+    for spellings in by_spelling.values():
+        if len(spellings) > 1:
+            listed = ", ".join(f"'{label}' ({n} image{'s' * (n > 1)})" for label, n in spellings.most_common())
+            rarest = spellings.most_common()[-1][0]
+            example = next(s.image for s in samples if s.label == rarest)
+            errors.append(
+                f"labels {listed} differ only in upper/lower case or spaces, so they would become different "
+                f"classes (e.g. {example} is '{rarest}'). Write one spelling in the label file, or list the "
+                "classes you mean in `classes:`."
+            )
+    return errors

@@ -54,6 +54,10 @@ class ModelEntry:
             trains, predicts and scores it with its own hooks (Mask R-CNN).
         needs_gpu: too slow to propose on a CPU; the planner chooses it only where a GPU is visible.
         measurable: the planner can time a training step of it on random input and a dense target.
+        patch_multiple, min_side, min_largest_side: every side of a dense network's input (the training
+            patch, the sliding window) must be a multiple of `patch_multiple` and at least `min_side`, and
+            one side at least `min_largest_side` (the downsamplings, and instance norm needing more than one
+            voxel at the deepest level); measured for each network in 2D and 3D.
     """
 
     build: Callable[[ModelSpec], Any]
@@ -63,6 +67,9 @@ class ModelEntry:
     detector: bool = False
     needs_gpu: bool = False
     measurable: bool = True
+    patch_multiple: int = 1
+    min_side: int = 1
+    min_largest_side: int = 1
 
 
 def network(builder: str, **options) -> Callable[[ModelSpec], Any]:
@@ -118,22 +125,32 @@ MODELS: dict[str, ModelEntry] = {
     ),
     # segmentation / regression: MONAI networks, 2D and 3D
     "unet_small": ModelEntry(
-        network("unet", channels=(8, 16, 32, 64, 128)), DENSE, (2, 3), "residual U-Net, channels 8..128"
+        network("unet", channels=(8, 16, 32, 64, 128)), DENSE, (2, 3), "residual U-Net, channels 8..128",
+        patch_multiple=16, min_side=16, min_largest_side=32,
     ),
-    "unet": ModelEntry(network("unet"), DENSE, (2, 3), "residual U-Net, channels 16..256"),
+    "unet": ModelEntry(
+        network("unet"), DENSE, (2, 3), "residual U-Net, channels 16..256", patch_multiple=16, min_side=16, min_largest_side=32
+    ),
     "unet_large": ModelEntry(
         network("unet", channels=(32, 64, 128, 256, 512)),
         DENSE,
         (2, 3),
         "residual U-Net, channels 32..512",
+        patch_multiple=16,
+        min_side=16,
+        min_largest_side=32,
     ),
     "basic_unet": ModelEntry(
-        network("basic_unet"), DENSE, (2, 3), "plain U-Net (MONAI BasicUNet), features 16..128"
+        network("basic_unet"), DENSE, (2, 3), "plain U-Net (MONAI BasicUNet), features 16..128",
+        patch_multiple=8, min_side=16, min_largest_side=32,
     ),
     "attention_unet": ModelEntry(
-        network("attention_unet"), DENSE, (2, 3), "Attention U-Net, channels 16..256"
+        network("attention_unet"), DENSE, (2, 3), "Attention U-Net, channels 16..256",
+        patch_multiple=16, min_side=16, min_largest_side=16,
     ),
-    "segresnet": ModelEntry(network("segresnet"), DENSE, (2, 3), "SegResNet, 16 initial filters"),
+    "segresnet": ModelEntry(
+        network("segresnet"), DENSE, (2, 3), "SegResNet, 16 initial filters", patch_multiple=8, min_side=8, min_largest_side=8
+    ),
     # instance segmentation only: trained from boxes and masks by the task's detector hooks
     "maskrcnn": ModelEntry(
         network("maskrcnn", backbone="resnet50"),
@@ -183,6 +200,37 @@ def check_model(name: str, task: str, spatial_dims: int | None = None) -> ModelE
             f"{spatial_dims}D; models for {task} in {spatial_dims}D: {models_for(task, spatial_dims)}"
         )
     return entry
+
+
+def fits_patch(name: str, patch_size) -> bool:
+    """Whether the network `name` takes inputs of `patch_size` (see ModelEntry)."""
+    entry = MODELS[name]
+    return all(side % entry.patch_multiple == 0 and side >= entry.min_side for side in patch_size) and (
+        max(patch_size) >= entry.min_largest_side
+    )
+
+
+def fit_patch(name: str, patch_size) -> list[int]:
+    """The patch nearest below `patch_size` that `name` takes (sides rounded down to its grid, raised to its
+    minimum)."""
+    entry = MODELS[name]
+    sides = [max(entry.min_side, side // entry.patch_multiple * entry.patch_multiple) for side in patch_size]
+    if max(sides) < entry.min_largest_side:
+        sides[sides.index(max(sides))] = entry.min_largest_side
+    return sides
+
+
+def check_patch(name: str, patch_size) -> None:
+    """Raise a ValueError when the network `name` cannot take inputs of `patch_size`, naming the rule and
+    the nearest size that fits."""
+    entry = MODELS[name]
+    if not fits_patch(name, patch_size):
+        fit = fit_patch(name, [max(side, entry.patch_multiple) for side in patch_size])
+        raise ValueError(
+            f"patch_size {list(patch_size)} does not fit {name}: each side must be a multiple of "
+            f"{entry.patch_multiple} and at least {entry.min_side}, one side at least {entry.min_largest_side} "
+            f"(the network's downsamplings); e.g. {fit}"
+        )
 
 
 def build_model(spec: ModelSpec):

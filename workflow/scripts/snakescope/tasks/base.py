@@ -98,6 +98,11 @@ class Task:
         """One ground-truth image, checked against its image's spatial shape (dense tasks)."""
         raise NotImplementedError(f"{self.name} reads no ground-truth images")
 
+    def check_targets(self, samples: list, targets: dict[str, np.ndarray], settings: dict) -> list[str]:
+        """Problems of the ground truth as a whole that would train on wrong data without an error (lossy
+        or implausible masks): one message each, naming a file and the fix."""
+        return []
+
     def prepare_targets(self, targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
         """All targets after reading, before the fingerprint: (targets, fingerprint facts learned here)."""
         return targets, {}

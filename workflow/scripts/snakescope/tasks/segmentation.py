@@ -27,6 +27,8 @@ from snakescope.tasks.base import Predictor, Task
 from snakescope.uncertainty_measures import normalised_entropy, tracks_error
 
 MAX_MASK_VALUES = 64  # more distinct values than this means a lossy (JPEG) or intensity image, not labels
+INSTANCE_LIKE_VALUES = 20  # a semantic mask with this many values, each one region, holds object ids
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 PIXELS_PER_IMAGE = 20_000  # sampled per image to rank certainty against error
 
 
@@ -89,6 +91,44 @@ def segmentation_metrics(truth: np.ndarray, mask: np.ndarray, foreground_probabi
     return result
 
 
+def lossy_mask_errors(samples: list) -> list[str]:
+    """Masks saved as JPEG: its compression turns the edges of every region into new values."""
+    lossy = [s.target for s in samples if s.target.lower().endswith(LOSSY_SUFFIXES)]
+    if not lossy:
+        return []
+    return [
+        f"{lossy[0]}{f' and {len(lossy) - 1} other mask(s)' if len(lossy) > 1 else ''}: masks saved as JPEG. "
+        "JPEG compression changes the values along every edge, so a mask no longer holds clean labels. Save "
+        "the masks losslessly (PNG or TIFF) from the original labels; converting the JPEGs does not undo it."
+    ]
+
+
+def compression_noise(targets: dict, share: float = 0.005, distance: int = 16, min_rare: int = 4) -> dict | None:
+    """The signature of lossy compression in label masks: besides a few values that cover the pixels, at least
+    `min_rare` values each under `share` of the pixels and within `distance` of one of them (an edge's
+    pixels blurred towards its neighbour). Returns the values and the rare ones, or None."""
+    counts: Counter = Counter()
+    for mask in targets.values():
+        values, n = np.unique(mask, return_counts=True)
+        counts.update(dict(zip(values.tolist(), n.tolist(), strict=True)))
+    total = sum(counts.values())
+    common = sorted(v for v, n in counts.items() if n >= share * total)
+    rare = sorted(v for v, n in counts.items() if n < share * total)
+    if len(rare) < min_rare or not all(min(abs(v - c) for c in common) <= distance for v in rare):
+        return None
+    return {"values": common, "rare": rare, "share": sum(counts[v] for v in rare) / total}
+
+
+def value_regions(mask: np.ndarray) -> dict[int, int]:
+    """For each non-zero value of a label image: how many separate regions of that value it has."""
+    from skimage.measure import label
+
+    regions = label(mask, background=0, connectivity=1)  # connected pixels of one value form a region
+    first = np.unique(regions[regions > 0], return_index=True)[1]
+    values, counts = np.unique(mask[regions > 0][first], return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
 def mean_foreground_dice(pred, truth, n_classes: int) -> float:
     """Mean Dice of the foreground classes present in either class map (torch tensors); 1 when none is."""
     dices = []
@@ -140,6 +180,32 @@ class Segmentation(Task):
         if settings.get("resize"):
             mask = resize_image(mask, settings["resize"], is_mask=True)
         return mask
+
+    def check_targets(self, samples: list, targets: dict, settings: dict) -> list[str]:
+        errors = lossy_mask_errors(samples)
+        if settings.get("num_classes"):  # the user said how many classes there are
+            return errors
+        noise = compression_noise(targets)
+        if noise and not errors:
+            errors.append(
+                f"{settings['data_dir']}: besides the mask values {noise['values']}, {len(noise['rare'])} rare values "
+                f"close to them ({noise['rare'][:8]}{' ...' if len(noise['rare']) > 8 else ''}, together "
+                f"{noise['share']:.1%} of the pixels): the traces of lossy (JPEG) compression, which would become "
+                "classes of their own. Save the masks as lossless PNG/TIFF label images from the original labels "
+                "(or set num_classes if these really are classes)."
+            )
+        by_id = {s.id: s for s in samples}
+        for sample_id, mask in targets.items():
+            values = np.unique(mask[mask != 0])
+            if len(values) >= INSTANCE_LIKE_VALUES and all(n == 1 for n in value_regions(mask).values()):
+                errors.append(
+                    f"{by_id[sample_id].target}: {len(values)} different values, each one separate region: these "
+                    "look like instance labels (one id per object), which semantic segmentation would learn as "
+                    f"{len(values)} classes. Use task: instance_segmentation, or give masks with one value per "
+                    "class (set num_classes if you really have that many classes)."
+                )
+                break
+        return errors
 
     def fingerprint(self, settings: dict, samples: list, targets: dict, spatial_dims: int) -> dict:
         counts: Counter = Counter()

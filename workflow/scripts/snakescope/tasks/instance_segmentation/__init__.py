@@ -41,7 +41,7 @@ from snakescope.tasks.instance_segmentation.metrics import (
     evaluate_instances,
     panoptic_quality,
 )
-from snakescope.tasks.segmentation import Segmentation
+from snakescope.tasks.segmentation import Segmentation, lossy_mask_errors, value_regions
 from snakescope.uncertainty_measures import normalised_entropy, tracks_error
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,39 @@ class InstanceSegmentation(Segmentation):
 
     name = "instance_segmentation"
     headline_metric = "aji"  # U-Net + watershed by default: strong on dense nuclei
+
+    def check_targets(self, samples: list, targets: dict, settings: dict) -> list[str]:
+        """Lossy masks, and class masks given as instance labels: a value that occurs in several separate
+        regions of most masks is a class, and each region would be taken for one object."""
+        errors = lossy_mask_errors(samples)
+        if (settings.get("layout") or {}).get("mask_foreground"):
+            return errors  # any non-zero value is object; convert splits the objects
+        spread, values, value_sets = 0, 0, set()
+        example = None
+        for sample in samples:
+            if sample.id not in targets:
+                continue
+            regions = value_regions(targets[sample.id])
+            value_sets.add(tuple(sorted(regions)))
+            if len(regions) > 1:  # a binary mask (one value) becomes instances by connectivity
+                spread += sum(n >= 3 for n in regions.values())
+                values += len(regions)
+                example = example or (sample.target, max(regions, key=regions.get), max(regions.values()))
+        # Class codes: a value in several regions of most masks, or the same values in every mask that are
+        # not object numbers 1..n (0/128/255 masks of cytoplasm and nucleus).
+        (only,) = value_sets if len(value_sets) == 1 else (None,)
+        coded = only is not None and len(only) > 1 and len(targets) >= 3 and list(only) != list(range(1, len(only) + 1))
+        if (values and spread >= values / 2) or coded:
+            path, value, n = example
+            where = f"value {value} occurs in {n} separate regions, as in most masks here" if not coded else (
+                f"every mask holds the same values {list(only)}")
+            errors.append(
+                f"{path}: {where}: these masks hold classes (e.g. cytoplasm and nucleus), not one id per object, "
+                "so every class of a cell would become an object. Give instance label images (0 background, one "
+                "id per object), or set layout.mask_foreground: true to take every non-zero pixel as object and "
+                "split objects by connectivity; for classes, use task: segmentation."
+            )
+        return errors
 
     def prepare_targets(self, targets: dict) -> tuple[dict, dict]:
         # Instance ids are kept as they are (never mapped to class indices); binary masks become instances.
