@@ -199,6 +199,7 @@ def test_brightness_spread_adds_intensity_augmentations(tmp_path):
 
 def test_a_pinned_plan_is_checked_and_wins(tmp_path):
     pinned = tmp_path / "my_plan.json"
+    pinned.write_text("{}")
     settings = settings_for({"task": "segmentation", "data_dir": str(tmp_path), "plan": str(pinned), "batch_size": 4})
     plan = pin_plan(settings, {"settings": {"models": ["segresnet"], "batch_size": 2}}, fingerprint(task="segmentation"))
     assert plan["settings"]["models"] == ["segresnet"] and plan["decisions"]["batch_size"]["source"] == "pinned plan"

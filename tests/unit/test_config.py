@@ -92,6 +92,8 @@ def test_datasets_mapping_with_per_dataset_overrides(schema):
 
 
 def test_relative_paths_resolved_against_base_dir(schema, tmp_path):
+    (tmp_path / "project" / "w").mkdir(parents=True)
+    (tmp_path / "project" / "w" / "model.pt").write_bytes(b"")
     config = {"task": "segmentation", "data_dir": "../shared/data/x", "pretrained_weights": "w/model.pt"}
     settings = resolve(config, schema, base_dir=tmp_path / "project")["x"]
     assert settings["data_dir"] == str((tmp_path / "shared" / "data" / "x").resolve())
