@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURM_JOB_GPUS", "SLURM_CPUS_PER_TASK", "CUDA_VISIBLE_DEVICES")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 WARNING_MARK = " WARNING snakescope."  # how `warning_summary` finds snakescope's warnings in the logs
+PROGRESS = {"progress": True}  # `extra=` of an INFO record shown on the console too: a long step's progress
 
 
 def log_to_file(path: str | Path, level: int = logging.INFO) -> None:
@@ -37,12 +38,30 @@ def log_to_file(path: str | Path, level: int = logging.INFO) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     stream = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     console = logging.StreamHandler(sys.__stderr__)
-    console.setLevel(logging.WARNING)
-    console.setFormatter(logging.Formatter("snakescope: %(message)s"))
+    console.addFilter(lambda record: record.levelno >= logging.WARNING or getattr(record, "progress", False))
+    console.setFormatter(_ConsoleFormatter(_job_label(path)))
     sys.stderr = stream
     logging.basicConfig(level=level, format=FORMAT, handlers=[logging.StreamHandler(stream), console], force=True)
     sys.excepthook = _user_errors_without_traceback(path)
     log_provenance()
+
+
+def _job_label(log_path: Path) -> str:
+    """'cells/unet/seed0/train' for logs/cells/unet/seed0/train.log: which job a console line is from."""
+    parts = log_path.with_suffix("").parts
+    return "/".join(parts[parts.index("logs") + 1:] if "logs" in parts else parts[-1:])
+
+
+class _ConsoleFormatter(logging.Formatter):
+    """Warnings as 'snakescope: message'; progress as 'snakescope [job]: message' (jobs run side by side)."""
+
+    def __init__(self, job: str):
+        super().__init__()
+        self.job = job
+
+    def format(self, record: logging.LogRecord) -> str:
+        where = f" [{self.job}]" if getattr(record, "progress", False) else ""
+        return f"snakescope{where}: {record.getMessage()}"
 
 
 def _user_errors_without_traceback(log_path: Path):

@@ -18,6 +18,7 @@ import torch
 from snakescope.engine.runtime import autocast_dtype, select_device
 from snakescope.engine.timing import end_to_end_timing, time_model, write_timing
 from snakescope.io import read_json, read_samples, write_table
+from snakescope.logs import PROGRESS
 from snakescope.tasks import get_task, load_trained
 from snakescope.tasks.base import InferenceData
 
@@ -50,7 +51,7 @@ def predict_dataset(model_pt: str, arrays_npz: str, samples_tsv: str, split_json
         seconds += [(time.perf_counter() - chunk_started) / len(chunk)] * len(chunk)
         done = start + len(chunk)
         if done % 10 < len(chunk) or done == len(items):
-            log.info("predicted %d/%d images", done, len(items))
+            log.info("predicted %d/%d images", done, len(items), extra=PROGRESS)
     total = time.perf_counter() - started
     log.info("predicted %d images in %.1f s (%.3f s per image)", len(items), total, total / max(len(items), 1))
     table = pd.DataFrame(rows)

@@ -16,6 +16,7 @@ import numpy as np
 from snakescope.convert.samples import MULTI_FILE_SEPARATOR, Sample
 from snakescope.images import resize_image, to_channels_first
 from snakescope.io import InputError, file_checksum, read_image
+from snakescope.logs import PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def read_dataset(samples: list[Sample], task, settings: dict) -> tuple[dict, dic
         except InputError as error:
             errors.append(str(error))
         if (index + 1) % 50 == 0:
-            log.info("read %d/%d images", index + 1, len(samples))
+            log.info("read %d/%d images", index + 1, len(samples), extra=PROGRESS)
     return images, targets, raw_dtypes, errors
 
 

@@ -36,6 +36,7 @@ from snakescope.engine.inference import predict_logits
 from snakescope.engine.models import ModelSpec, build_model
 from snakescope.engine.runtime import autocast_dtype, seed_everything, select_device
 from snakescope.io import read_json, read_samples, write_json, write_table
+from snakescope.logs import PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class Trainer:
                     writer.add_scalar(key, value, epoch)
             log.info("epoch %d/%d %s (%.1fs)%s", epoch, cfg.epochs,
                      " ".join(f"{k} {v:.4f}" for k, v in values.items()), seconds,
-                     " *best*" if row["improved"] else "")
+                     " *best*" if row["improved"] else "", extra=PROGRESS)
         if writer:
             writer.close()
         if state["stale_epochs"] >= cfg.patience:
