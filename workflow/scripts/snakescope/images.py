@@ -12,13 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from snakescope.io import InputError, read_image
+from snakescope.io import InputError, is_zarr_group, ome_zarr_axes, read_image
 
 log = logging.getLogger(__name__)
 
 
-def _tiff_axes(path: str) -> str:
-    """The axes tifffile reads from a TIFF's metadata (e.g. 'ZYX', 'CYX', 'YXS'); '' when unknown."""
+def _stored_axes(path: str) -> str:
+    """The axes of a TIFF's metadata as tifffile reads them (e.g. 'ZYX', 'CYX', 'YXS'), or of an OME-Zarr
+    image as `read_image` returns it; '' when unknown."""
+    if is_zarr_group(path):
+        return ome_zarr_axes(path)
     if not str(path).lower().endswith((".tif", ".tiff")):
         return ""
     try:
@@ -42,7 +45,7 @@ def to_channels_first(array: np.ndarray, path: str, spatial_dims: int = 2) -> np
     """
     colour_last = False
     if spatial_dims == 2:
-        axes = _tiff_axes(path) if array.ndim >= 3 else ""
+        axes = _stored_axes(path) if array.ndim >= 3 else ""
         stacked = [
             (axis, size) for axis, size in zip(axes, array.shape, strict=False) if axis in "ZTQI" and size > 1
         ]
@@ -75,7 +78,7 @@ def to_channels_first(array: np.ndarray, path: str, spatial_dims: int = 2) -> np
                 "or for 3D data give patch_size three values (e.g. [32, 128, 128])."
             )
     else:
-        if not str(path).lower().endswith((".tif", ".tiff")):
+        if not str(path).lower().endswith((".tif", ".tiff")) and not is_zarr_group(path):
             raise InputError(
                 f"{path}: a {Path(path).suffix} file holds a 2D image, but the task is 3D (patch_size has three "
                 "values). Give 2D images a two-value patch_size, or save each volume as one multi-page TIFF."

@@ -1,8 +1,10 @@
 """Reading the user's images and writing our outputs safely.
 
-Every reader raises `InputError` naming the file and what to do, so a bad file is reported before any
-training time is spent. Every writer writes to a temporary sibling and renames it into place, so a
-killed job never leaves a half-written output behind.
+Images are files (TIFF, PNG, JPEG, BMP) or OME-Zarr folders (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3), whose
+full-resolution level is read through their multiscales metadata. Every reader raises `InputError`
+naming the file and what to do, so a bad file is reported before any training time is spent. Every
+writer writes to a temporary sibling and renames it into place, so a killed job never leaves a
+half-written output behind.
 """
 
 from __future__ import annotations
@@ -32,21 +34,27 @@ class InputError(UserError):
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read one image file as it is stored, without scaling.
+    """Read one image file (or OME-Zarr image folder) as it is stored, without scaling.
 
-    TIFF (multi-page and OME-TIFF included) is read with tifffile; PNG, JPEG and BMP with Pillow.
+    TIFF (multi-page and OME-TIFF included) is read with tifffile; PNG, JPEG and BMP with Pillow; an
+    OME-Zarr image (or label image, e.g. ``cells.zarr/labels/nuclei``) as `read_ome_zarr` describes.
 
     Returns:
         The pixel array in the file's own axes: YX (grayscale), YXC (RGB/RGBA, C last, as Pillow and
-        most TIFF writers store colour), or ZYX / CYX / ZCYX for stacks. dtype as stored (uint8,
-        uint16, float32, ...).
+        most TIFF writers store colour), or ZYX / CYX / ZCYX for stacks (CZYX for OME-Zarr). dtype as
+        stored (uint8, uint16, float32, ...).
 
     Raises:
         InputError: the file is missing, unreadable, empty, truncated or not an image.
     """
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image file. Point the config at image files.")
+        if is_zarr_group(path):
+            return read_ome_zarr(path)
+        raise InputError(
+            f"{path}: is a folder, not an image file (nor a Zarr group: no .zattrs, .zgroup or zarr.json in "
+            "it). Point the config at image files."
+        )
     if not path.is_file():
         raise InputError(
             f"{path}: file not found. Check the path in your config (relative paths are resolved from the "
@@ -179,12 +187,170 @@ def read_samples(samples_tsv: str | Path):
 
 
 def file_checksum(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, hex."""
+    """SHA-256 of a file's bytes, hex; for a Zarr folder, of its files' names and checksums (`zarr_files`)."""
+    if Path(path).is_dir():
+        folder = Path(path)
+        names_and_digests = "".join(
+            f"{p.relative_to(folder)}\0{file_checksum(p)}\n" for p in zarr_files(folder)
+        )
+        return hashlib.sha256(names_and_digests.encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# -- OME-Zarr -----------------------------------------------------------------------------------------
+
+
+def is_zarr_group(path: str | Path) -> bool:
+    """Whether `path` is a folder holding Zarr group metadata (.zgroup/.zattrs for v2, zarr.json for v3)."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in (".zgroup", ".zattrs", "zarr.json"))
+
+
+def zarr_files(folder: str | Path) -> list[Path]:
+    """The files (metadata and chunks) of an OME-Zarr image, sorted; an image's ``labels/`` group is left
+    out, since its label images are ground truth of their own (`Sample.target`)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).parts[0] != "labels")
+
+
+def _ome_metadata(group) -> dict:
+    attributes = group.attrs.asdict()
+    return attributes.get("ome", attributes)  # NGFF 0.5 nests its metadata under "ome"; 0.4 does not
+
+
+def _open_zarr_group(path: Path):
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except Exception as error:  # zarr raises many types for a damaged store
+        raise InputError(
+            f"{path}: cannot be opened as a Zarr group ({type(error).__name__}: {error}). Check that the "
+            "folder was copied completely (its .zattrs/.zgroup or zarr.json files included)."
+        ) from error
+
+
+def _axis_letters(path: Path, axes: list) -> str:
+    """NGFF axes as letters, e.g. 'TCZYX'. Spatial axes are named by position: the last two are Y and X."""
+    letters = []
+    for axis in axes:
+        name = str(axis.get("name", "") if isinstance(axis, dict) else axis).lower()
+        kind = axis.get("type", "") if isinstance(axis, dict) else ""
+        if kind == "time" or (not kind and name == "t"):
+            letters.append("T")
+        elif kind == "channel" or (not kind and name == "c"):
+            letters.append("C")
+        elif kind == "space" or (not kind and name in ("z", "y", "x")):
+            letters.append("S")
+        else:
+            raise InputError(
+                f"{path}: axis '{name}' (type '{kind}') is neither time, channel nor space. snakescope reads "
+                "images with axes among t, c, z, y, x; write the image with those axes."
+            )
+    spatial = letters.count("S")
+    if spatial not in (2, 3):
+        raise InputError(
+            f"{path}: {spatial} spatial axes in the multiscales metadata; an image needs 2 (YX) or 3 (ZYX)."
+        )
+    named = iter("ZYX"[3 - spatial :])
+    return "".join(next(named) if letter == "S" else letter for letter in letters)
+
+
+def _ome_level0(path: Path):
+    """The full-resolution array of an OME-Zarr image (a zarr Array, not yet read) and its axes as stored."""
+    group = _open_zarr_group(path)
+    multiscales = _ome_metadata(group).get("multiscales")
+    if not multiscales:
+        raise InputError(
+            f"{path}: a Zarr group without OME-NGFF 'multiscales' metadata, so not an OME-Zarr image. Write "
+            "it as OME-Zarr (e.g. bioformats2raw, or napari's ome-zarr writer) or save the image as TIFF."
+        )
+    try:
+        level0 = multiscales[0]["datasets"][0]["path"]
+        array = group[level0]
+    except (KeyError, IndexError, TypeError) as error:
+        raise InputError(
+            f"{path}: multiscales[0].datasets[0].path does not name an array of the group ({error!r}). "
+            "The OME-Zarr metadata is damaged: write the image again."
+        ) from error
+    # NGFF 0.1/0.2 had no `axes`: every image was 5D TCZYX.
+    axes = multiscales[0].get("axes") or (list("tczyx") if array.ndim == 5 else [])
+    letters = _axis_letters(path, axes)
+    if len(letters) != array.ndim:
+        raise InputError(
+            f"{path}: the metadata names {len(letters)} axes ({letters}) but level 0 ({level0}) has "
+            f"{array.ndim} (shape {array.shape}). The OME-Zarr metadata is damaged: write the image again."
+        )
+    return array, letters
+
+
+def _kept_axes(path: Path, shape: tuple[int, ...], letters: str) -> list[int]:
+    """Indices of the axes `read_ome_zarr` keeps, in its output order (C, Z, Y, X)."""
+    if "T" in letters and shape[letters.index("T")] > 1:
+        raise InputError(
+            f"{path}: a time series of {shape[letters.index('T')]} time points (axes {letters}, shape {shape}). "
+            "snakescope reads one time point per image: write each time point as its own OME-Zarr image."
+        )
+    kept = [i for i, letter in enumerate(letters) if letter in "YX" or (letter in "CZ" and shape[i] > 1)]
+    return sorted(kept, key=lambda i: "CZYX".index(letters[i]))
+
+
+def ome_zarr_axes(path: str | Path) -> str:
+    """Axes of the array `read_image` returns for an OME-Zarr image ('YX', 'CYX', 'ZYX', 'CZYX'); '' when
+    `path` is not a Zarr group. Reads metadata only."""
+    path = Path(path)
+    if not is_zarr_group(path):
+        return ""
+    array, letters = _ome_level0(path)
+    return "".join(letters[i] for i in _kept_axes(path, array.shape, letters))
+
+
+def read_ome_zarr(path: str | Path) -> np.ndarray:
+    """Read the full-resolution level of an OME-Zarr image or label image (NGFF 0.4 or 0.5).
+
+    The level is `multiscales[0].datasets[0].path`; its `axes` metadata orders the result. Singleton t, c
+    and z axes are dropped, as tifffile drops them from a TIFF; a time series is an error.
+
+    Returns:
+        The pixels as stored (dtype unchanged, no scaling) in the axes YX, CYX, ZYX or CZYX (C first).
+
+    Raises:
+        InputError: no multiscales metadata, damaged metadata or chunks, several time points, axes other
+        than t, c, z, y, x.
+    """
+    path = Path(path)
+    array, letters = _ome_level0(path)
+    kept = _kept_axes(path, array.shape, letters)
+    try:
+        pixels = np.asarray(array[...])
+    except Exception as error:  # a missing chunk reads as fill value; a damaged one raises
+        raise InputError(
+            f"{path}: the pixels of level 0 cannot be read ({type(error).__name__}: {error}). A chunk file is "
+            "probably damaged: copy the OME-Zarr again from its source."
+        ) from error
+    dropped = tuple(i for i in range(pixels.ndim) if i not in kept)
+    pixels = np.squeeze(pixels, axis=dropped) if dropped else pixels
+    remaining = [i for i in range(array.ndim) if i in kept]  # kept axes in stored order
+    pixels = np.transpose(pixels, [remaining.index(i) for i in kept])
+    if pixels.size == 0:
+        raise InputError(f"{path}: the image has no pixels (shape {array.shape}). Re-export or remove it.")
+    return pixels
+
+
+def ome_zarr_label_names(path: str | Path) -> list[str]:
+    """Names of the label images of an OME-Zarr image (``<image>/labels/<name>``), as its ``labels/``
+    group lists them; [] when it has none."""
+    labels = Path(path) / "labels"
+    if not is_zarr_group(labels):
+        return []
+    names = _ome_metadata(_open_zarr_group(labels)).get("labels")
+    if names is None:  # the list is required by NGFF, but some writers omit it: the label groups on disk
+        return sorted(p.name for p in labels.iterdir() if is_zarr_group(p))
+    return [str(name) for name in names]
 
 
 @contextlib.contextmanager

@@ -1,10 +1,15 @@
 """discover: the user's images and their ground truth, found and paired by the layout they use.
 
-Layouts understood (read-only; nothing in `data_dir` is ever written):
+Layouts understood (read-only; nothing in `data_dir` is ever written), recognised from the folders when
+the config has no `layout.images` (snakescope.convert.layouts; `layout.format` names one):
 
 * InstantDL: ``train/image``, ``train/groundtruth``, ``test/image``, ``test/groundtruth``, or a single
   ``image`` + ``groundtruth`` pair (then `split` makes the test set). Masks carry the image's file name;
   classification labels sit in ``groundtruth/groundtruth.csv`` with columns ``filename,label``.
+* BiaPy: ``train/x``, ``train/y``, ``test/x``, optional ``test/y``; paired as InstantDL's (listed here).
+* One folder per class (``<class>/*.png``, or ``train/<class>/`` and ``test/<class>/``), classification.
+* nnU-Net raw datasets (``imagesTr``, ``labelsTr``, ``imagesTs``, ``dataset.json``; one file per channel).
+* OME-Zarr images (``*.zarr`` folders) with their ground truth in their own ``labels/`` group.
 * Any other layout described by the config's ``layout:`` globs and label-CSV columns.
 * Ground truth paired by folder or stem, fields of view spread over several files, tiles of large
   images: snakescope.convert.fields.
@@ -18,17 +23,13 @@ from collections import Counter
 from pathlib import Path
 
 from snakescope.convert.fields import discover_field_samples
-from snakescope.convert.samples import Sample, existing_files, glob_files, mark_test_images
+from snakescope.convert.layouts import PAIRED_FOLDERS, choose_layout, layout_samples, no_images_message
+from snakescope.convert.samples import Sample, glob_files, image_files, mark_test_images
 from snakescope.convert.validate import label_spelling_errors, raise_if_any
 from snakescope.io import IMAGE_SUFFIXES, InputError, natural_key
 from snakescope.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    candidates = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
-    return existing_files(candidates)
 
 
 def _strip_image_suffix(name: str) -> str:
@@ -127,28 +128,6 @@ def _read_labels_csv(
     return labels
 
 
-def _describe_folder(folder: Path) -> str:
-    entries = sorted(
-        p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith(".")
-    )
-    if not entries:
-        return "it is empty"
-    shown = ", ".join(entries[:8]) + (f", ... ({len(entries)} entries)" if len(entries) > 8 else "")
-    return f"it holds {shown}"
-
-
-def _no_images_message(folder: Path) -> str:
-    others = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not others:
-        return f"{folder}: the folder is empty. Put your images there ({', '.join(IMAGE_SUFFIXES)})."
-    kinds = sorted({p.suffix.lower() or "(no extension)" for p in others})
-    return (
-        f"{folder}: no image files; it holds {len(others)} file(s) of type {', '.join(kinds[:5])} "
-        f"(e.g. {others[0].name}). Supported: {', '.join(IMAGE_SUFFIXES)}; convert your images to TIFF "
-        "(e.g. with Fiji or bfconvert)."
-    )
-
-
 def discover_samples(settings: dict) -> list[Sample]:
     """List the samples of one dataset, pairing every image with its mask or label.
 
@@ -174,8 +153,9 @@ def discover_samples(settings: dict) -> list[Sample]:
     if layout.get("targets") or layout.get("channel_key"):
         return mark_test_images(discover_field_samples(settings), data_dir, layout)
 
-    # (subset, images, masks by stem or None when there is no ground-truth folder, label CSV)
-    groups: list[tuple[str, list[Path], dict[str, Path] | None, Path]] = []
+    # (split folder, subset, images, masks by stem or None when there is no ground-truth folder, label CSV)
+    groups: list[tuple[str, str, list[Path], dict[str, Path] | None, Path]] = []
+    truth_name = "groundtruth"  # the mask folder beside each image folder (InstantDL; BiaPy: y)
     if layout.get("images"):
         found = glob_files(data_dir, layout["images"], "images")
         images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -211,41 +191,42 @@ def discover_samples(settings: dict) -> list[Sample]:
         csv_path = (
             data_dir / layout["labels_csv"] if layout.get("labels_csv") else data_dir / "groundtruth.csv"
         )
-        groups.append(("", images, masks, csv_path))
+        groups.append(("", "", images, masks, csv_path))
     else:
-        if (data_dir / "train" / "image").is_dir():
-            subsets = [s for s in ("train", "test") if (data_dir / s / "image").is_dir()]
-            roots = {s: data_dir / s for s in subsets}
-        elif (data_dir / "image").is_dir():
-            roots = {"": data_dir}
+        name = choose_layout(data_dir, task, dense, layout)
+        if name not in PAIRED_FOLDERS:
+            return _checked_labels(layout_samples(name, data_dir, layout), [], settings)
+        image_name, truth_name = PAIRED_FOLDERS[name]
+        if (data_dir / "train" / image_name).is_dir():
+            # val/ (or validation/) joins the training pool: `split` draws the validation images itself.
+            folders = [
+                f for f in ("train", "val", "validation", "test") if (data_dir / f / image_name).is_dir()
+            ]
+            roots = {f: data_dir / f for f in folders}
         else:
-            raise InputError(
-                f"{data_dir}: no 'image' or 'train/image' folder ({_describe_folder(data_dir)}). Use the "
-                "InstantDL layout (train/image, train/groundtruth, test/image, test/groundtruth, or image + "
-                "groundtruth) or describe yours with `layout:` in the config (layout.images, layout.masks, "
-                "layout.labels_csv)."
-            )
-        for subset, root in roots.items():
-            images = _image_files(root / "image")
+            roots = {"": data_dir}
+        for folder_name, root in roots.items():
+            images = image_files(root / image_name)
             if not images:
-                raise InputError(_no_images_message(root / "image"))
-            truth = root / "groundtruth"
+                raise InputError(no_images_message(root / image_name))
+            truth = root / truth_name
             suffix = layout.get("mask_suffix", "")
             masks = (
                 {
                     (p.stem[: -len(suffix)] if suffix and p.stem.endswith(suffix) else p.stem): p
-                    for p in _image_files(truth)
+                    for p in image_files(truth)
                 }
                 if truth.is_dir()
                 else None
             )
             csv_name = Path(layout["labels_csv"]).name if layout.get("labels_csv") else "groundtruth.csv"
-            groups.append((subset, images, masks, truth / csv_name))
+            subset = "test" if folder_name == "test" else ("train" if folder_name else "")
+            groups.append((folder_name, subset, images, masks, truth / csv_name))
 
     errors: list[str] = []
     samples: list[Sample] = []
-    stems_seen: Counter = Counter(p.stem for _, images, _, _ in groups for p in images)
-    for subset, images, masks, csv_path in groups:
+    stems_seen: Counter = Counter(p.stem for _, _, images, _, _ in groups for p in images)
+    for folder_name, subset, images, masks, csv_path in groups:
         folder = images[0].parent
         duplicates = [stem for stem, n in Counter(p.stem for p in images).items() if n > 1]
         if duplicates:
@@ -261,7 +242,7 @@ def discover_samples(settings: dict) -> list[Sample]:
                     csv_path,
                 )
                 samples += [
-                    Sample(_sample_id(subset, p.stem, stems_seen), str(p), subset=subset) for p in images
+                    Sample(_sample_id(folder_name, p.stem, stems_seen), str(p), subset=subset) for p in images
                 ]
                 continue
             labels = _read_labels_csv(
@@ -287,7 +268,7 @@ def discover_samples(settings: dict) -> list[Sample]:
                 label, group = labels[path.stem]
                 samples.append(
                     Sample(
-                        _sample_id(subset, path.stem, stems_seen),
+                        _sample_id(folder_name, path.stem, stems_seen),
                         str(path),
                         label=label,
                         subset=subset,
@@ -302,8 +283,8 @@ def discover_samples(settings: dict) -> list[Sample]:
                 masks = {}
             elif masks is None:
                 errors.append(
-                    f"{folder.parent / 'groundtruth'}: folder missing. Task {task} needs a mask for every "
-                    f"image, with the image's file name, in {folder.parent / 'groundtruth'}."
+                    f"{folder.parent / truth_name}: folder missing. Task {task} needs a mask for every "
+                    f"image, with the image's file name, in {folder.parent / truth_name}."
                 )
                 masks = {}
             else:
@@ -326,31 +307,40 @@ def discover_samples(settings: dict) -> list[Sample]:
                         if path.stem not in masks:
                             errors.append(
                                 f"{path}: no mask with the same name among the ground truth "
-                                f"({_truth_where(layout, folder)}). Add its mask or move the image out."
+                                f"({_truth_where(layout, folder, truth_name)}). Add its mask or move the image out."
                             )
             for path in images:
                 target = masks.get(path.stem)
                 samples.append(
                     Sample(
-                        _sample_id(subset, path.stem, stems_seen),
+                        _sample_id(folder_name, path.stem, stems_seen),
                         str(path),
                         target=str(target) if target else "",
                         subset=subset,
                     )
                 )
 
-    if not dense and not settings.get("classes"):
+    return _checked_labels(samples, errors, settings)
+
+
+def _checked_labels(samples: list[Sample], errors: list[str], settings: dict) -> list[Sample]:
+    """`samples` after the checks of their class labels, with `layout.test_images` marked.
+
+    Raises:
+        InputError listing `errors` and every label that is spelled two ways or not in `classes`.
+    """
+    if not get_task(settings["task"]).dense and not settings.get("classes"):
         errors += label_spelling_errors(samples)
-    if not dense and settings.get("classes"):
+    if not get_task(settings["task"]).dense and settings.get("classes"):
         allowed = [str(c) for c in settings["classes"]]
         for sample in samples:
             if sample.label and sample.label not in allowed:
                 errors.append(
                     f"{sample.image}: label '{sample.label}' is not in `classes` {allowed}. "
-                    "Add it to `classes` in the config or fix the label in the CSV."
+                    "Add it to `classes` in the config or fix the label in the CSV (or the class folder's name)."
                 )
     raise_if_any(errors)
-    return mark_test_images(samples, data_dir, layout)
+    return mark_test_images(samples, Path(settings["data_dir"]), settings.get("layout") or {})
 
 
 def _mask_suffix_hint(orphans: list[str], image_stems: set[str], masks: dict[str, Path]) -> str:
@@ -376,11 +366,11 @@ def _mask_suffix_hint(orphans: list[str], image_stems: set[str], masks: dict[str
     )
 
 
-def _truth_where(layout: dict, image_folder: Path) -> str:
+def _truth_where(layout: dict, image_folder: Path, truth_name: str) -> str:
     if layout.get("masks"):
         suffix = layout.get("mask_suffix", "")
         return f"layout.masks '{layout['masks']}'" + (f" with mask_suffix '{suffix}'" if suffix else "")
-    return str(image_folder.parent / "groundtruth")
+    return str(image_folder.parent / truth_name)
 
 
 def _sample_id(subset: str, stem: str, stems_seen: Counter) -> str:
@@ -389,9 +379,20 @@ def _sample_id(subset: str, stem: str, stems_seen: Counter) -> str:
 
 
 def list_input_files(settings: dict) -> list[str]:
-    """Every image and CSV file under `data_dir`: the inputs whose change should re-run `convert`."""
+    """Every image and CSV file under `data_dir`, nnU-Net's dataset.json, and every file of an OME-Zarr
+    folder: the inputs whose change should re-run `convert`. An OME-Zarr image edited in place (e.g. a
+    label painted in napari) changes chunk files only, so the chunks are listed with the metadata."""
     data_dir = Path(settings["data_dir"])
     if not data_dir.is_dir():
         return []
     suffixes = IMAGE_SUFFIXES + (".csv",)
-    return sorted(str(p) for p in data_dir.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+
+    def is_input(path: Path) -> bool:
+        folders = path.relative_to(data_dir).parts[:-1]
+        return (
+            path.suffix.lower() in suffixes
+            or path.name == "dataset.json"
+            or any(folder.lower().endswith(".zarr") for folder in folders)
+        )
+
+    return sorted(str(p) for p in data_dir.rglob("*") if p.is_file() and is_input(p))
