@@ -25,3 +25,26 @@ def shared_data() -> Path:
             )
         pytest.skip(message)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """small_run(task) -> (folder with model.pt, the data folder, its prepared/ arrays.npz, samples.tsv and
+    splits.json): a small model of `task` (tests/unit/small_runs.py), trained once per session."""
+    from small_runs import SMALL_RUNS, regression_data, train_small  # torch: only when a test asks
+
+    from snakescope.synthetic import write_demo_dataset
+
+    runs = {}
+
+    def get(task: str):
+        if task not in runs:
+            config, model, data = SMALL_RUNS[task]
+            root = tmp_path_factory.mktemp(task)
+            folder = (write_demo_dataset(root / "cells", n_images=16, size=32, seed=0) if data == "demo"
+                      else regression_data(root / "denoise"))
+            _, prepared = train_small(root, {**config, "data_dir": str(folder)}, model)
+            runs[task] = (root, folder, prepared)
+        return runs[task]
+
+    return get

@@ -85,6 +85,7 @@ def test_a_dataset_that_cannot_be_planned_does_not_hold_back_the_others(auto_run
         },
         "epochs": 1,
         "uncertainty": False,
+        "export": False,
         "results_library": None,
     }
     process = run_snakemake(tmp_path, write_config(tmp_path, config), "--replace-workflow-config",

@@ -42,7 +42,8 @@ def mixed_run(tmp_path_factory):
     image = broken / "image" / "cell_005.tif"
     image.write_bytes(image.read_bytes()[:300])
     common = {"task": "classification", "resize": [32, 32], "models": ["mobilenet_v2"], "epochs": 1,
-              "batch_size": 4, "max_batches_per_epoch": 1, "evaluate": False, "uncertainty": False}
+              "batch_size": 4, "max_batches_per_epoch": 1, "evaluate": False, "uncertainty": False,
+              "export": False}
     config = {"datasets": {"blank": {**common, "data_dir": str(blank)}, "broken": {**common, "data_dir": str(broken)}},
               "results_library": None}
     process = run_snakemake(root, write_config(root, config), "--keep-going", check=False)
@@ -81,7 +82,8 @@ def test_a_wrong_setting_is_its_message_without_a_traceback(tmp_path):
 def test_ctrl_c_stops_a_local_run_within_seconds(tmp_path):
     data = demo(tmp_path / "cells", n=48)
     config = {"task": "segmentation", "data_dir": str(data), "patch_size": [32, 32], "models": ["unet"],
-              "epochs": 500, "patience": 500, "batch_size": 8, "uncertainty": False, "results_library": None}
+              "epochs": 500, "patience": 500, "batch_size": 8, "uncertainty": False, "export": False,
+              "results_library": None}
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path),
                "--configfile", str(write_config(tmp_path, config)), "--cores", "2"]
 

@@ -50,6 +50,7 @@ def matrix_config(shared_data: Path, wbc_models: list[str]) -> dict:
         "max_batches_per_epoch": 2,
         "augmentations": ["flip"],
         "uncertainty": False,
+        "export": False,
         "device": "cpu",
     }
 

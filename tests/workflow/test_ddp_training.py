@@ -48,6 +48,7 @@ def runs(tmp_path_factory, shared_data):
         "augmentations": ["flip", "rotate90"],
         "normalisation": "percentile",
         "uncertainty": False,
+        "export": False,
         "results_library": None,
         "device": "cpu",
     }

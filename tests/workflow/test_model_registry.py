@@ -1,6 +1,6 @@
 """Adding a model is one registry entry: a copy of the workflow whose only change is one more entry in
 snakescope.engine.models.MODELS trains, predicts, evaluates and samples that network through snakemake,
-with no schema, planner or stage edited."""
+with no schema, planner or stage edited, and exports it as a bioimage.io package."""
 
 from __future__ import annotations
 
@@ -63,5 +63,7 @@ def test_a_registered_model_runs_through_the_workflow(tmp_path):
     assert metrics["iou"] > metrics["baseline_iou"]  # a few epochs learn something on the demo cells
     uncertainty = pd.read_csv(run / "uncertainty/uncertainty.csv")
     assert len(uncertainty) == metrics["n_test"] and uncertainty["uncertainty"].between(0, 1).all()
+    export = json.loads((run / "export/export.json").read_text())  # and it leaves as a bioimage.io package
+    assert export["bioimageio_test"]["status"] == "passed" and export["onnx_max_abs_difference"] <= 1e-4
     leaderboard = pd.read_csv(tmp_path / "results/summary/leaderboard.tsv", sep="\t")
     assert list(leaderboard["model"]) == ["tiny_cnn"]

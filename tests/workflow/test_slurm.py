@@ -113,7 +113,7 @@ def distributed_config(data_dir: Path) -> dict:
         # 4 patches of 64 px per 128 px crop: 16 steps of 4 per epoch, about a second, long enough to cancel
         "task": "segmentation", "data_dir": str(data_dir), "models": ["unet_small"], "patch_size": [64, 64],
         "train_processes": 2, "device": "cpu", "batch_size": 4, "epochs": DDP_EPOCHS, "patience": DDP_EPOCHS,
-        "dropout": 0.0, "evaluate": False, "uncertainty": False,
+        "dropout": 0.0, "evaluate": False, "uncertainty": False, "export": False,
     }
 
 
@@ -122,7 +122,7 @@ def dataset_config(shared_data: Path) -> dict:
         shared_data, part=2, resize=[32, 32], models=["mobilenet_v2"], batch_size=8, epochs=EPOCHS,
         patience=EPOCHS,
         # enough batches that an epoch lasts a few seconds, so the job can be killed between epochs
-        max_batches_per_epoch=3, mc_samples=3,
+        max_batches_per_epoch=3, mc_samples=3, export=False,
     )
 
 
