@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -36,6 +41,7 @@ def real_run(tmp_path_factory, shared_data):
         "learning_rate": 0.001,
         "augmentations": ["flip", "rotate90"],
         "mc_samples": 10,
+        "export": False,  # exported (and tested) on the demo job below
     }
     config_path = write_config(workdir, config)
     run_snakemake(workdir, config_path)
@@ -96,18 +102,62 @@ def test_rerun_does_nothing(real_run):
     assert "Nothing to be done" in process.stdout + process.stderr
 
 
+def class_folders(data, out):
+    """The demo cells sorted into one folder per class (torchvision's ImageFolder layout)."""
+    labels = pd.read_csv(data / "groundtruth/groundtruth.csv")
+    for filename, label in zip(labels["filename"], labels["label"], strict=True):
+        (out / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / "image" / filename, out / label / filename)
+    return out
+
+
 def test_demo_default_job(tmp_path):
-    """The job `make run` runs, on the project's own generated cells, shortened to two epochs."""
+    """The job `make run` runs, on the project's own generated cells, shortened to two epochs, and beside it
+    a class-per-folder dataset given by `task` and `data_dir` alone; then `snakemake apply` on new images."""
     data = write_demo_dataset(tmp_path / "cells", n_images=48, size=64, seed=0)
+    by_class = class_folders(write_demo_dataset(tmp_path / "small", n_images=16, size=32, seed=1),
+                             tmp_path / "cells_by_class")
     config = {
         "datasets": {
             "demo_classification": {"task": "classification", "data_dir": str(data), "resize": [64, 64]},
             "demo_segmentation": {"task": "segmentation", "data_dir": str(data), "patch_size": [64, 64]},
+            "by_class": {"task": "classification", "data_dir": str(by_class)},  # the layout is recognised
         },
         "epochs": 2,
         "mc_samples": 4,
     }
-    run_snakemake(tmp_path, write_config(tmp_path, config))
+    config_path = write_config(tmp_path, config)
+    run_snakemake(tmp_path, config_path)
+    models = {}
     for name in config["datasets"]:  # the demo leaves the models to the planner
-        model = json.loads((tmp_path / f"results/{name}/recommend/plan.json").read_text())["settings"]["models"][0]
-        assert read_metrics(tmp_path, name, model)["n_test"] > 0
+        models[name] = json.loads((tmp_path / f"results/{name}/recommend/plan.json").read_text())["settings"]["models"][0]
+        assert read_metrics(tmp_path, name, models[name])["n_test"] > 0
+        # every trained model leaves as a bioimage.io package that bioimage.io's test passed, with ONNX weights
+        export = json.loads((tmp_path / f"results/{name}/{models[name]}/seed0/export/export.json").read_text())
+        assert export["bioimageio_test"]["status"] == "passed" and export["onnx_max_abs_difference"] <= 1e-4
+    fingerprint = json.loads((tmp_path / "results/by_class/convert/fingerprint.json").read_text())
+    assert fingerprint["classes"] == sorted(p.name for p in by_class.iterdir())  # named after the folders
+    package = tmp_path / f"results/demo_segmentation/{models['demo_segmentation']}/seed0/export/package.zip"
+    test = subprocess.run([str(Path(sys.executable).parent / "bioimageio"), "test", str(package)],
+                          capture_output=True, text=True)
+    assert test.returncode == 0 and re.search(r"status\s+passed", test.stdout), test.stdout[-3000:]
+
+    # `snakemake apply`, as the README shows it: the config's apply entries, on a folder of new images
+    new = tmp_path / "new_images"
+    new.mkdir()
+    for path in sorted((data / "image").glob("*.tif"))[:5]:
+        shutil.copy(path, new / path.name)
+    applications = {
+        "new_cells": {"model": f"demo_segmentation/{models['demo_segmentation']}/seed0", "images": str(new)},
+        "new_cells_package": {"model": f"by_class/{models['by_class']}/seed0/export/package.zip",
+                              "images": str(new)},
+    }
+    process = run_snakemake(tmp_path, write_config(tmp_path, {**config, "apply": applications}), "apply")
+    assert re.findall(r"Finished jobid: \d+ \(Rule: (\w+)\)", process.stderr).count("apply_model") == 2
+    assert set(re.findall(r"Rule: (\w+)\)", process.stderr)) == {"apply_model", "apply"}  # nothing retrained
+    for name in applications:
+        ranking = pd.read_csv(tmp_path / f"results/apply/{name}/ranking.tsv", sep="\t")
+        assert sorted(ranking["filename"]) == sorted(p.name for p in new.iterdir())
+        assert ranking["uncertainty"].is_monotonic_decreasing and (tmp_path / f"results/apply/{name}/ranking.png").is_file()
+    masks = pd.read_csv(tmp_path / "results/apply/new_cells/predictions/predictions.csv")["mask"]
+    assert all((tmp_path / "results/apply/new_cells/predictions" / m).is_file() for m in masks)

@@ -10,10 +10,13 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from snakemake.exceptions import IncompleteCheckpointException
 
+from snakescope.applications import resolve_applications
 from snakescope.config import ConfigError, resolve_datasets, stage_settings
 from snakescope.convert import list_input_files
+from snakescope.convert.samples import image_files
 from snakescope.logs import warning_summary
 from snakescope.provenance import code_checksum
+from snakescope.engine.models import is_detector
 
 RUN_STARTED = (
     time.time()
@@ -23,6 +26,7 @@ RUN_STARTED = (
 
 try:
     DATASETS = resolve_datasets(config)
+    APPLICATIONS = resolve_applications(config, DATASETS)
 except ConfigError as error:
     # a user's mistake: its message, which names the key and the fix, without Python's traceback
     print(f"snakescope: {error}", file=sys.stderr)
@@ -33,6 +37,7 @@ wildcard_constraints:
     dataset="|".join(re.escape(name) for name in DATASETS),
     model=r"[A-Za-z0-9_]+",
     seed=r"\d+",
+    application="|".join(re.escape(name) for name in APPLICATIONS),
 
 
 ##### input functions #####
@@ -93,14 +98,14 @@ def get_planned_runs():
     return runs, pending
 
 
-def get_run_targets(path_in_run, *only_if):
-    """Target rules' input: `path_in_run` of every planned run, and the plans still to be made."""
+def get_run_targets(path_in_run, *only_if, keep=lambda model: True):
+    """Target rules' input: `path_in_run` of every planned run (of the models `keep` accepts), and the
+    plans still to be made."""
     runs, pending = get_planned_runs()
-    return pending + run_paths(
-        [run for dataset_runs in runs.values() for run in dataset_runs],
-        path_in_run,
-        *only_if,
-    )
+    planned = [
+        run for dataset_runs in runs.values() for run in dataset_runs if keep(run[1])
+    ]
+    return pending + run_paths(planned, path_in_run, *only_if)
 
 
 def get_final_output(wildcards=None):
@@ -113,6 +118,11 @@ def get_final_output(wildcards=None):
     outputs += get_run_targets("train/history.tsv")
     outputs += get_run_targets("evaluate/metrics.json", "evaluate")
     outputs += get_run_targets("uncertainty", "uncertainty")
+    # detectors have no bioimage.io description (snakescope.export)
+    outputs += get_run_targets(
+        "export/package.zip", "export", keep=lambda m: not is_detector(m)
+    )
+    outputs += get_apply_targets()
     if any(settings["evaluate"] for settings in DATASETS.values()):
         outputs.append("results/summary/leaderboard.tsv")
         if any(settings["results_library"] for settings in DATASETS.values()):
@@ -176,3 +186,21 @@ def print_warning_summary():
     summary = warning_summary("logs", since=RUN_STARTED)
     if summary and not workflow.remote_exec:
         print(summary, file=sys.stderr)
+
+
+def get_metrics_if_evaluated(wildcards):
+    """The run's test metrics (quoted in the exported package's README) when the dataset is evaluated."""
+    if DATASETS[wildcards.dataset]["evaluate"]:
+        return f"results/{wildcards.dataset}/{wildcards.model}/seed{wildcards.seed}/evaluate/metrics.json"
+    return []
+
+
+def get_apply_targets(wildcards=None):
+    return [f"results/apply/{name}" for name in APPLICATIONS]
+
+
+def get_apply_inputs(wildcards):
+    """The model, the new images (a changed folder re-runs it) and, for a run of ours, its data."""
+    settings = APPLICATIONS[wildcards.application]
+    inputs = {"model": settings["model"], "images": image_files(settings["images"])}
+    return {**inputs, **(settings["training"] or {})}

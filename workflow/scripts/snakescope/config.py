@@ -168,7 +168,7 @@ def resolve_datasets(config: dict, schema: dict | None = None, base_dir: Path | 
     schema = schema or load_schema()
     properties = _settings_properties(schema)
     layout_properties = set(schema["$defs"]["layout"]["properties"])
-    known = set(properties) | {"datasets"}
+    known = set(properties) | {"datasets", "apply"}
     _check_known_keys(config, known, "config")
     if isinstance(config.get("layout"), dict):
         _check_known_keys(config["layout"], layout_properties, "layout")
@@ -182,7 +182,7 @@ def resolve_datasets(config: dict, schema: dict | None = None, base_dir: Path | 
     _validate(config, schema)
 
     base_dir = Path(base_dir) if base_dir else Path.cwd()
-    global_settings = {k: copy.deepcopy(v) for k, v in config.items() if k != "datasets"}
+    global_settings = {k: copy.deepcopy(v) for k, v in config.items() if k not in ("datasets", "apply")}
     if datasets:
         if "data_dir" in config:
             raise ConfigError(
@@ -190,6 +190,8 @@ def resolve_datasets(config: dict, schema: dict | None = None, base_dir: Path | 
                 "move the top-level data_dir into a dataset entry."
             )
         entries = {name: {**global_settings, **copy.deepcopy(e)} for name, e in datasets.items()}
+    elif "data_dir" not in config:  # only `apply:` entries: models trained elsewhere
+        entries = {}
     else:
         entries = {_dataset_name(_resolve(base_dir, config["data_dir"])): global_settings}
 
@@ -280,11 +282,7 @@ def _fill_defaults(
                 f"that are multiples of its downsampling factor, e.g. 16); use e.g. {[32] * spatial_dims} or "
                 "leave patch_size to the planner."
             )
-    threshold = settings["threshold"]
-    if isinstance(threshold, str) and threshold != "otsu":
-        raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got '{threshold}'.")
-    if not isinstance(threshold, str) and not 0 < threshold < 1:
-        raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got {threshold}.")
+    check_threshold(settings["threshold"], where)
     resize, patch_size = settings["resize"], settings["patch_size"]
     if resize and len(resize) != len(patch_size):
         raise ConfigError(
@@ -292,6 +290,13 @@ def _fill_defaults(
             "give both as [height, width] for 2D images or [depth, height, width] for 3D volumes."
         )
     return settings
+
+
+def check_threshold(threshold: str | float, where: str) -> None:
+    if isinstance(threshold, str) and threshold != "otsu":
+        raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got '{threshold}'.")
+    if not isinstance(threshold, str) and not 0 < threshold < 1:
+        raise ConfigError(f"{where}: threshold must be 'otsu' or a number in (0, 1), got {threshold}.")
 
 
 @dataclass(frozen=True)
@@ -390,6 +395,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "train_processes",
     ),
     "predict": ("threshold", "device"),
+    "export": ("export_authors", "export_license", "export_cite"),
     "uncertainty": ("mc_samples", "device", "threshold"),
 }
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from snakescope.io import InputError
+from snakescope.io import IMAGE_SUFFIXES, InputError
 
 MULTI_FILE_SEPARATOR = ";"  # Sample.image of a field stored as several files: the paths in channel order
 
@@ -27,6 +27,14 @@ class Sample:
     subset: str = ""  # "train" / "test" when the user split the data; "" when `split` decides
     group: str = ""
     region: str = ""  # the tile's slices of the source image, e.g. "y0:256,x512:768"; "" = whole
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder` (hidden files left out), sorted; [] when it is no folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return existing_files(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def glob_files(data_dir: Path, pattern: str, key: str) -> list[Path]:

@@ -262,6 +262,7 @@ class Trainer:
             "plan": self.plan,
             "classes": self.fingerprint.get("classes", []),
             "mask_values": self.fingerprint.get("mask_values", []),
+            "input_size": self.fingerprint.get("resized_to"),  # images are resized to it (snakescope.apply)
             "best_epoch": state["best_epoch"],
             **self.payload_extras(),
         }, model_out)

@@ -11,7 +11,9 @@ Methods that need torch import it when they run: this module and the task module
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,6 +22,14 @@ import pandas as pd
 
 if TYPE_CHECKING:
     import torch
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive items (the last may be shorter); `items` may be a generator, so test
+    images and new images (snakescope.apply) stream through the same loops."""
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 @dataclass(frozen=True)
@@ -187,9 +197,37 @@ class Task:
         self, model, payload: dict, items: list[dict], data: InferenceData, samples: int, device, out: Path,
         threshold: str | float,
     ) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """MC-dropout uncertainty of the test `items`: (one row per image or object, with an "uncertainty"
-        column; summary fields, whether it tracks error among them). Writes maps and a figure to `out`."""
+        """MC-dropout uncertainty of `items` (a list or a generator, read once; items without "label" are new
+        images): (one row per image or object, with its "id" and an "uncertainty" column; summary fields,
+        whether it tracks error among them when labels are known). Writes maps, and with labels a figure,
+        to `out`. `data` may be None (new images without the run's data)."""
         raise NotImplementedError
+
+    # -- export (bioimage.io) ----------------------------------------------------------------------------
+
+    def output_names(self, payload: dict) -> list[str]:
+        """Names of the network's output channels (classes by default)."""
+        names = payload.get("classes") or payload.get("mask_values") or range(payload["spec"]["out_channels"])
+        return [str(name) for name in names]
+
+    def export_output(self, logits: torch.Tensor, payload: dict) -> torch.Tensor:
+        """What an exported package gives for these raw network outputs: class probabilities by default."""
+        import torch
+
+        return torch.softmax(logits.float(), dim=1)
+
+    def export_postprocessing(self, payload: dict, v0_5) -> tuple[list, list[str]]:
+        """(postprocessing steps in bioimage.io's terms, output channel names) matching `export_output`."""
+        return [v0_5.SoftmaxDescr(kwargs=v0_5.SoftmaxKwargs(axis=v0_5.AxisId("channel")))], self.output_names(payload)
+
+    def export_settings(self, arrays_npz: str, split: dict) -> dict:
+        """Post-processing settings learned from the run's data that an exported package keeps, so that
+        snakescope.apply applies the package as it applies the run."""
+        return {}
+
+    def export_notes(self, payload: dict) -> list[str]:
+        """README lines on what the package does not do that snakescope does."""
+        return []
 
     def evaluate(
         self, predictions: pd.DataFrame, predict_dir: Path, arrays_npz: str, samples: pd.DataFrame, split: dict,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from snakescope.io import natural_key, save_figure
-from snakescope.tasks.base import Predictor, Task
+from snakescope.tasks.base import Predictor, Task, batched
 from snakescope.uncertainty_measures import normalised_entropy, tracks_error
 
 PREDICT_BATCH = 64
@@ -135,25 +135,27 @@ class Classification(Task):
 
         classes = payload["classes"]
         rows = []
-        for start in range(0, len(items), PREDICT_BATCH):
-            chunk = items[start:start + PREDICT_BATCH]
+        for chunk in batched(items, PREDICT_BATCH):
             images = torch.as_tensor(np.stack([it["image"] for it in chunk])).to(device)
             probabilities = sample_dropout(model, images, payload["plan"], samples, self.mc_rows_per_pass,
                                            activation=lambda logits: torch.softmax(logits, dim=1)).numpy()
             mean = probabilities.mean(0)  # (N, K)
             for index, item in enumerate(chunk):
                 predicted = int(mean[index].argmax())
+                known = "label" in item  # new images (snakescope.apply) have none
                 rows.append({
                     "id": item["id"],
-                    "true_label": classes[item["label"]],
+                    **({"true_label": classes[item["label"]]} if known else {}),
                     "mc_predicted_label": classes[predicted],
-                    "correct": bool(predicted == item["label"]),
+                    **({"correct": bool(predicted == item["label"])} if known else {}),
                     "uncertainty": float(normalised_entropy(mean[index])),
                     "predictive_entropy": float(normalised_entropy(mean[index]) * np.log(len(classes))),
                     "std_of_predicted_class": float(probabilities[:, index, predicted].std()),
                     **{f"mc_prob_{c}": float(v) for c, v in zip(classes, mean[index], strict=True)},
                 })
         frame = pd.DataFrame(rows)
+        if "correct" not in frame:
+            return frame, {}
         _uncertainty_figure(frame, out / "uncertainty_vs_error.png")
         return frame, tracks_error(frame["uncertainty"].to_numpy(), frame["correct"].to_numpy(), "images")
 

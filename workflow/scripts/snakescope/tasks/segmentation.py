@@ -294,9 +294,9 @@ class Segmentation(Task):
                 pixel_uncertainty.append(uncertainty.ravel()[pick])
             rows.append(row)
         frame = pd.DataFrame(rows)
-        _uncertainty_figure(frame, out / "uncertainty_vs_error.png")
-        if not pixel_correct:
+        if not pixel_correct:  # new images: nothing to compare with
             return frame, {}
+        _uncertainty_figure(frame, out / "uncertainty_vs_error.png")
         return frame, tracks_error(np.concatenate(pixel_uncertainty), np.concatenate(pixel_correct), "pixels")
 
     def evaluate(self, predictions, predict_dir, arrays_npz, samples, split, fingerprint, figures):

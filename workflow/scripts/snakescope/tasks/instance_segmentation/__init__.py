@@ -117,8 +117,18 @@ class InstancePredictor(Predictor):
         super().__init__(*args)
         self.detector = is_detector(self.payload["spec"]["name"])
         data = self.data
-        self.min_area = minimum_object_area(training_object_areas(data.arrays_npz, data.split["train"]))
         self.object_threshold = float(self.threshold) if not isinstance(self.threshold, str) else None
+        if data is None:  # new images without the run's data (an exported package): the defaults
+            self.min_area = int(self.payload.get("min_object_area", minimum_object_area(np.zeros(0))))
+            self.object_threshold = self.object_threshold or 0.5
+            log.info("no training data: minimum object area %d px, threshold %.2f, not tuned", self.min_area,
+                     self.object_threshold)
+            if self.detector:
+                from snakescope.tasks.instance_segmentation.detector import restore_detector
+
+                restore_detector(self.model, self.payload)
+            return
+        self.min_area = minimum_object_area(training_object_areas(data.arrays_npz, data.split["train"]))
         if self.detector or self.object_threshold is None:
             val_items = self.task.load_items(data.arrays_npz, data.samples, data.split.get("val", []), self.plan)
             if self.detector:
@@ -256,7 +266,7 @@ class InstanceSegmentation(Segmentation):
         from snakescope.engine.inference import sample_dropout
 
         predictor = InstancePredictor(self, model, payload, data, threshold, device)
-        rows = []
+        rows, labelled = [], False
         for item in items:
             labels, scores, _ = predictor.instances(item["image"])
             ids = np.arange(1, labels.max() + 1)
@@ -278,7 +288,8 @@ class InstanceSegmentation(Segmentation):
                     return np.asarray(ndi.mean(values, labels, ids)) if ids.size else np.zeros(0)
 
                 uncertainty, entropy, spread = (object_means(v) for v in (foreground_map, class_map, foreground.std(0)))
-            best_iou = best_match_iou(item["label"][0], labels) if "label" in item else np.full(len(ids), np.nan)
+            labelled = "label" in item
+            best_iou = best_match_iou(item["label"][0], labels) if labelled else np.full(len(ids), np.nan)
             areas = np.bincount(labels.ravel(), minlength=len(ids) + 1)[1:]
             for index, object_id in enumerate(ids):
                 rows.append({
@@ -295,17 +306,29 @@ class InstanceSegmentation(Segmentation):
         columns = ["id", "object", "area", "uncertainty", "class_entropy", "foreground_std", "best_iou", "matched",
                    "method"]
         frame = pd.DataFrame(rows, columns=columns)
-        _uncertainty_figure(frame, out / "uncertainty_vs_error.png", predictor.detector)
         summary = {
             "n_objects": len(frame),
             "method": "1 - detector score" if predictor.detector else "MC dropout",
             "mc_samples": 0 if predictor.detector else samples,
         }
-        summary.update(tracks_error(frame["uncertainty"].to_numpy(), frame["matched"].to_numpy(), "objects"))
+        if labelled:  # with ground truth (not on new images)
+            _uncertainty_figure(frame, out / "uncertainty_vs_error.png", predictor.detector)
+            summary.update(tracks_error(frame["uncertainty"].to_numpy(), frame["matched"].to_numpy(), "objects"))
         return frame, summary
 
     def evaluate(self, predictions, predict_dir, arrays_npz, samples, split, fingerprint, figures):
         return evaluate_instances(predictions, predict_dir, arrays_npz, split, figures)
+
+    def output_names(self, payload: dict) -> list[str]:
+        return list(UNET_CLASSES)
+
+    def export_settings(self, arrays_npz: str, split: dict) -> dict:
+        return {"min_object_area": minimum_object_area(training_object_areas(arrays_npz, split["train"]))}
+
+    def export_notes(self, payload: dict) -> list[str]:
+        return ["The package gives the U-Net's probabilities of background, object interior and object boundary.",
+                "snakescope grows instances from them with a seeded watershed (markers: interior probability",
+                "above a threshold tuned on the validation images); that step is not part of the package."]
 
 
 def _uncertainty_figure(frame: pd.DataFrame, path: Path, detector: bool) -> None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,21 @@ class Regression(Task):
     def predictor(self, model, payload, data, threshold, device) -> Predictor:
         return RegressionPredictor(self, model, payload, data, threshold, device)
 
+    def output_names(self, payload: dict) -> list[str]:
+        return [f"target{c}" for c in range(payload["spec"]["out_channels"])]
+
+    def export_output(self, logits, payload: dict):
+        import torch
+
+        low, span = _scale_of(payload["plan"]["target_normalisation"])
+        shape = (1, -1) + (1,) * (logits.ndim - 2)
+        return logits.float() * torch.tensor(span).view(shape) + torch.tensor(low).view(shape)
+
+    def export_postprocessing(self, payload: dict, v0_5) -> tuple[list, list[str]]:
+        low, span = _scale_of(payload["plan"]["target_normalisation"])  # back to the target's units
+        kwargs = v0_5.ScaleLinearAlongAxisKwargs(axis=v0_5.AxisId("channel"), gain=span, offset=low)
+        return [v0_5.ScaleLinearDescr(kwargs=kwargs)], self.output_names(payload)
+
     def uncertainty(self, model, payload, items, data, samples, device, out, threshold):
         """Sample every test image; write ``<id>_std.tif`` (uncertainty) and ``<id>_mean.tif`` (MC mean).
 
@@ -161,7 +177,7 @@ class Regression(Task):
         plan = payload["plan"]
         rng = np.random.default_rng(0)
         rows, stds, errors = [], [], []
-        with np.load(data.arrays_npz) as arrays:
+        with np.load(data.arrays_npz) if data else nullcontext({}) as arrays:  # no data: new images
             for item in items:
                 image = torch.as_tensor(item["image"][None]).to(device)
                 draws = sample_dropout(model, image, plan, samples, self.mc_rows_per_pass)[:, 0].numpy()
@@ -206,6 +222,12 @@ class Regression(Task):
 
     def evaluate(self, predictions, predict_dir, arrays_npz, samples, split, fingerprint, figures):
         return metrics.evaluate(predictions, predict_dir, arrays_npz, split, fingerprint, figures)
+
+
+def _scale_of(stats: dict) -> tuple[list[float], list[float]]:
+    """(low, span) per channel of a target normalisation: target = span * output + low."""
+    low = [float(v) for v in stats["low"]]
+    return low, [float(h) - v for h, v in zip(stats["high"], low, strict=True)]
 
 
 def _uncertainty_figure(std: np.ndarray, error: np.ndarray, path: Path, bins: int = 10) -> None:

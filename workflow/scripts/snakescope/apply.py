@@ -1,0 +1,268 @@
+"""apply: a trained model on a folder of new images that have no ground truth.
+
+Writes what `predict` and `uncertainty` write for test images (the task's prediction files and
+``predictions.csv``; MC-dropout uncertainty maps and ``uncertainty.csv``), then ranks the images by their
+uncertainty: ``ranking.tsv`` and ``ranking.png`` put the images the model is least sure about first,
+the ones to look at (or annotate) before trusting the rest.
+
+The model comes from a run of this workflow (its folder ``results/<dataset>/<model>/seed<seed>`` or its
+``train/model.pt``), or from a bioimage.io package that snakescope exported (``package.zip``). A
+package holds the traced network, whose dropout is fixed off: its uncertainty is the entropy of a
+single pass for classes (no spread for regression), and the ranking says so.
+
+Images are checked (readable, the dimensionality, channels and size the model takes) before anything
+is written, every problem reported at once, then read and predicted one at a time, so memory does not
+grow with the folder; a large image goes through the sliding window of its training patch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from snakescope.convert import read_sample_image
+from snakescope.convert.samples import image_files
+from snakescope.convert.validate import raise_if_any
+from snakescope.engine.runtime import select_device
+from snakescope.engine.transforms import normalise
+from snakescope.images import resize_image, to_channels_first
+from snakescope.io import (
+    IMAGE_SUFFIXES,
+    InputError,
+    is_zarr_group,
+    natural_key,
+    read_json,
+    save_figure,
+    write_json,
+    write_table,
+)
+from snakescope.logs import PROGRESS
+from snakescope.plots import displayable
+from snakescope.tasks import get_task, load_trained
+from snakescope.tasks.base import InferenceData
+
+log = logging.getLogger(__name__)
+
+RANKING_SHOWN = 8  # images drawn in ranking.png
+
+
+def load_source(source: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, str]:
+    """(network in eval mode, payload as training saves it, "run" or "package") for a model source.
+
+    Raises:
+        InputError when the source is neither a snakescope model file, a run folder nor a package of ours.
+    """
+    path = Path(source)
+    if path.is_dir():  # a run folder, or the train/ folder in it
+        path = next((p for p in (path / "train" / "model.pt", path / "model.pt") if p.is_file()), path)
+    if path.suffix == ".pt" and path.is_file():
+        model, payload = load_trained(str(path), device)
+        return model, payload, "run"
+    if path.suffix == ".zip" or path.name.endswith(("rdf.yaml", "bioimageio.yaml")):
+        return (*_load_package(path, device), "package")
+    raise InputError(
+        f"{source}: not a trained model. Give a run folder of this workflow (results/<dataset>/<model>/"
+        "seed<seed>), its train/model.pt, or a package.zip exported by snakescope."
+    )
+
+
+def _load_package(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    from bioimageio.spec import InvalidDescr, load_model_description
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file. Give the path of a package.zip exported by snakescope.")
+    descr = load_model_description(path, perform_io_checks=False)
+    if isinstance(descr, InvalidDescr):
+        raise InputError(f"{path}: not a valid bioimage.io model package ({descr.validation_summary.status}).")
+    extra = (descr.config.model_extra or {}) if descr.config is not None else {}
+    payload = extra.get("snakescope")
+    if not payload or descr.weights.torchscript is None:
+        raise InputError(
+            f"{path}: a bioimage.io model that snakescope did not export (no config.snakescope entry or no "
+            "TorchScript weights). Apply it with bioimage.io's own tool (`bioimageio predict`), napari or Fiji."
+        )
+    model = torch.jit.load(descr.weights.torchscript.get_reader(), map_location=device)
+    model.eval()
+    return model, payload
+
+
+def new_image_files(folder: str | Path) -> list[Path]:
+    """The image files (and OME-Zarr image folders) directly in `folder`, in natural order.
+
+    Raises:
+        InputError when the folder is missing or holds no images, or two files share a name.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder. Set `images` of the apply entry to the folder of new images.")
+    files = image_files(folder) + [p for p in folder.iterdir() if not p.name.startswith(".") and is_zarr_group(p)]
+    if not files:
+        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        held = f"it holds {', '.join(others[:5])}" if others else "it is empty"
+        raise InputError(f"{folder}: no image files ({held}). Supported: {', '.join(IMAGE_SUFFIXES)} files and "
+                         "OME-Zarr folders.")
+    twice = [stem for stem, n in Counter(p.stem for p in files).items() if n > 1]
+    if twice:
+        raise InputError(f"{folder}: several files share the name(s) {twice[:5]} with different extensions; "
+                         "keep one file per image, since the outputs are named after it.")
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def smallest_side(patch: int) -> int:
+    """The smallest image side a sliding window of `patch` takes: it pads by reflection, which needs a
+    margin narrower than the image."""
+    return next(side for side in range(1, patch + 1) if patch - side - (patch - side) // 2 < side)
+
+
+def prepare_image(path: Path, payload: dict) -> np.ndarray:
+    """One new image as the model takes it: float32 C+spatial, resized as in training, normalised.
+
+    Raises:
+        InputError naming the file and the fix when its dimensionality, channels or size do not fit.
+    """
+    spec, plan = payload["spec"], payload["plan"]
+    image = to_channels_first(read_sample_image(str(path)), str(path), spec["spatial_dims"])
+    if image.shape[0] != spec["in_channels"]:
+        raise InputError(
+            f"{path}: {image.shape[0]} channel(s), but the model was trained on images with {spec['in_channels']}. "
+            "Give images with the channels of the training images (same colour mode and channel order)."
+        )
+    if plan.get("patch_size"):
+        need = [smallest_side(p) for p in plan["patch_size"]]
+        if any(s < n for s, n in zip(image.shape[1:], need, strict=True)):
+            raise InputError(
+                f"{path}: {'x'.join(map(str, image.shape[1:]))} pixels, smaller than the model takes "
+                f"(at least {'x'.join(map(str, need))} for its {'x'.join(map(str, plan['patch_size']))} patch). "
+                "Give larger images (or pad them)."
+            )
+    if payload.get("input_size"):
+        image = resize_image(image, payload["input_size"])
+    return normalise(image, plan)
+
+
+def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceData | None = None,
+                mc_samples: int = 20, threshold: str | float = "otsu", device: str = "auto", threads: int = 1,
+                seed: int = 0) -> pd.DataFrame:
+    """Predict, sample and rank every image of `images_dir`; returns the ranking (most uncertain first).
+
+    Args:
+        source: a run folder, model.pt or package.zip (see `load_source`).
+        training: the run's packed data and split; instance segmentation tunes its post-processing on
+            the validation images with it, as `predict` does (None: defaults, logged).
+    """
+    torch.set_num_threads(max(1, threads))
+    torch_device = select_device(device)
+    model, payload, kind = load_source(source, torch_device)
+    task = get_task(payload["plan"]["task"])
+    files = new_image_files(images_dir)
+    errors = []
+    for path in files:  # check them all before writing anything
+        try:
+            prepare_image(path, payload)
+        except InputError as error:
+            errors.append(str(error))
+    raise_if_any(errors)
+    out = Path(out_dir)
+    predictions_dir, uncertainty_dir = out / "predictions", out / "uncertainty"
+    predictions_dir.mkdir(parents=True, exist_ok=True)
+    uncertainty_dir.mkdir(exist_ok=True)
+    names = {path.stem: path.name for path in files}
+    started = time.perf_counter()
+
+    predictor = task.predictor(model, payload, training, threshold, torch_device)
+    rows = []
+    for index, item in enumerate(_items(files, payload), start=1):
+        for row in predictor.predict([item], predictions_dir):
+            rows.append({"id": row.pop("id"), "filename": names[item["id"]], **row})
+        _progress("predicted", index, len(files))
+    predictions = pd.DataFrame(rows)
+    write_table(predictions, predictions_dir / "predictions.csv")
+
+    torch.manual_seed(seed)
+    sampled = mc_samples if kind == "run" else 1  # a package's traced network has no dropout to sample
+    frame, _ = task.uncertainty(model, payload, _items(files, payload, "sampled"), training, sampled,
+                                torch_device, uncertainty_dir, threshold)
+    write_table(frame, uncertainty_dir / "uncertainty.csv")
+    ranking = rank_images(frame, predictions)
+    write_table(ranking, out / "ranking.tsv")
+    _ranking_figure(ranking, files, payload["spec"]["spatial_dims"], uncertainty_dir, out / "ranking.png")
+    seconds = time.perf_counter() - started
+    write_json({"source": str(source), "kind": kind, "model": payload["spec"]["name"], "task": task.name,
+                "n_images": len(files), "mc_samples": sampled, "seconds": seconds,
+                "uncertainty": "MC dropout" if kind == "run" else "one pass (package: no dropout sampling)"},
+               out / "summary.json")
+    log.info("applied %s to %d images in %.1f s; most uncertain: %s", payload["spec"]["name"], len(files), seconds,
+             ", ".join(ranking["filename"].head(3)))
+    return ranking
+
+
+def _items(files: list[Path], payload: dict, done: str = "") -> Iterator[dict]:
+    """The images one at a time, as the model takes them (a generator: one image in memory); logs
+    "<done> i/n images" as each is handed back for the next."""
+    for index, path in enumerate(files, start=1):
+        yield {"id": path.stem, "image": prepare_image(path, payload)}
+        if done:
+            _progress(done, index, len(files))
+
+
+def _progress(verb: str, done: int, total: int) -> None:
+    if done % 10 == 0 or done == total:
+        log.info("%s %d/%d images", verb, done, total, extra=PROGRESS)
+
+
+def rank_images(uncertainty: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per image, most uncertain first: its mean uncertainty (over objects, for instances; an
+    image without objects has none and goes last) beside its prediction."""
+    per_image = uncertainty.groupby("id", sort=False)["uncertainty"].mean()
+    ranking = predictions.copy()
+    ranking.insert(2, "uncertainty", ranking["id"].map(per_image).astype(float))
+    ranking = ranking.sort_values("uncertainty", ascending=False, na_position="last", kind="stable")
+    ranking.insert(0, "rank", np.arange(1, len(ranking) + 1))
+    return ranking.reset_index(drop=True)
+
+
+def _ranking_figure(ranking: pd.DataFrame, files: list[Path], spatial_dims: int, uncertainty_dir: Path,
+                    path: Path) -> None:
+    """The most uncertain images, each beside its uncertainty map when the task writes one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import tifffile
+
+    by_id = {p.stem: p for p in files}
+    shown = ranking.head(RANKING_SHOWN)
+    figure, axes = plt.subplots(len(shown), 2, figsize=(5, 2.4 * len(shown)), squeeze=False)
+    for row, (_, entry) in enumerate(shown.iterrows()):
+        path_of = by_id[entry["id"]]
+        image = to_channels_first(read_sample_image(str(path_of)), str(path_of), spatial_dims)
+        axes[row, 0].imshow(displayable(image), cmap="gray")
+        axes[row, 0].set_title(f"#{entry['rank']} {entry['filename']}: {entry['uncertainty']:.3f}", fontsize=8)
+        maps = [uncertainty_dir / f"{entry['id']}_{suffix}.tif" for suffix in ("uncertainty", "std")]
+        found = next((m for m in maps if m.is_file()), None)
+        if found is not None:
+            uncertainty_map = tifffile.imread(found)
+            while uncertainty_map.ndim > 2:  # a volume or several channels: the middle plane
+                uncertainty_map = uncertainty_map[len(uncertainty_map) // 2]
+            axes[row, 1].imshow(uncertainty_map, cmap="magma")
+            axes[row, 1].set_title("uncertainty map", fontsize=8)
+        for axis in axes[row]:
+            axis.set_axis_off()
+    figure.suptitle("Most uncertain first: check these before trusting the rest", fontsize=9)
+    save_figure(figure, path)
+
+
+def training_data(arrays_npz: str | None, samples_tsv: str | None, split_json: str | None) -> InferenceData | None:
+    """The run's packed data, as the apply rule passes it (None without)."""
+    if not arrays_npz:
+        return None
+    from snakescope.io import read_samples
+
+    return InferenceData(arrays_npz, read_samples(samples_tsv), read_json(split_json))
