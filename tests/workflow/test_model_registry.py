@@ -49,7 +49,8 @@ def test_a_registered_model_runs_through_the_workflow(tmp_path):
         "results_library": None,
         "device": "cpu",
     }
-    run_snakemake(tmp_path, write_config(tmp_path, config), snakefile=snakefile)
+    config_path = write_config(tmp_path, config)
+    run_snakemake(tmp_path, config_path, snakefile=snakefile)
 
     run = tmp_path / "results" / "cells" / "tiny_cnn" / "seed0"
     card = json.loads((run / "train/model_card.json").read_text())
@@ -65,5 +66,8 @@ def test_a_registered_model_runs_through_the_workflow(tmp_path):
     assert len(uncertainty) == metrics["n_test"] and uncertainty["uncertainty"].between(0, 1).all()
     export = json.loads((run / "export/export.json").read_text())  # and it leaves as a bioimage.io package
     assert export["bioimageio_test"]["status"] == "passed" and export["onnx_max_abs_difference"] <= 1e-4
+    run_snakemake(tmp_path, config_path, "--report", "results/report.html", snakefile=snakefile)
+    report = (tmp_path / "results/report.html").read_text()
+    assert 'href=\\"cells/tiny_cnn/seed0/export/package.zip\\"' in report  # relative to report.html
     leaderboard = pd.read_csv(tmp_path / "results/summary/leaderboard.tsv", sep="\t")
     assert list(leaderboard["model"]) == ["tiny_cnn"]
