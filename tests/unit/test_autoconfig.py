@@ -154,6 +154,20 @@ def test_epochs_fit_the_time_budget():
     assert plan_epochs(10.0, 100, 1, CPU, configured_max=50)[0] == 50
 
 
+def test_the_time_budget_is_shared_between_the_trainings_and_reaches_each(tmp_path):
+    settings = settings_for({"task": "segmentation", "data_dir": str(tmp_path), "time_budget_minutes": 10,
+                             "seeds": [0, 1], "models": ["unet_small", "segresnet"]})
+    plan = make_plan(settings, fingerprint(task="segmentation", side=256), Resources("cpu", None, None, 2, 10.0),
+                     library=None, measure=fake_measure)
+    assert plan["time_budget"]["runs"] == 4
+    assert plan["time_budget"]["seconds_per_run"] == 90.0  # 60 % of 600 s over 2 seeds x 2 models
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert apply_plan(settings, str(tmp_path / "plan.json"))["train_seconds"] == 90.0
+    unlimited = make_plan(settings_for({"task": "segmentation", "data_dir": str(tmp_path)}),
+                          fingerprint(task="segmentation", side=256), CPU, library=None, measure=fake_measure)
+    assert unlimited["time_budget"] is None
+
+
 def test_measure_step_times_a_real_training_step():
     cost = measure_step("unet_small", fingerprint(task="segmentation"), [32, 32], "cpu")
     assert 0 < cost.seconds_per_sample < 5

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -40,8 +42,9 @@ def prepared(tmp_path_factory):
     return settings, out
 
 
-def _fit(settings, prepared_dir: Path, run_dir: Path, epochs: int) -> dict:
-    cfg = TrainConfig.from_settings({**settings, "epochs": epochs, "device": "cpu"}, model="unet", seed=0)
+def _fit(settings, prepared_dir: Path, run_dir: Path, epochs: int, train_seconds: float | None = None) -> dict:
+    cfg = TrainConfig.from_settings({**settings, "epochs": epochs, "device": "cpu", "train_seconds": train_seconds},
+                                    model="unet", seed=0)
     return fit(
         arrays_npz=str(prepared_dir / "arrays.npz"), samples_tsv=str(prepared_dir / "samples.tsv"),
         split_json=str(prepared_dir / "splits.json"), plan_json=str(prepared_dir / "plan.json"),
@@ -62,6 +65,7 @@ def test_resumed_run_equals_uninterrupted_run(prepared, tmp_path):
 
     interrupted = tmp_path / "interrupted"
     _fit(settings, prepared_dir, interrupted, epochs=2)
+    first_two = pd.read_csv(interrupted / "history.tsv", sep="\t")
     for name in ("model.pt", "history.tsv", "model_card.json"):  # Snakemake deletes a failed job's outputs
         (interrupted / name).unlink()
     card = _fit(settings, prepared_dir, interrupted, epochs=4)
@@ -69,6 +73,8 @@ def test_resumed_run_equals_uninterrupted_run(prepared, tmp_path):
     assert card["training"]["epochs_run"] == 4
     history = pd.read_csv(interrupted / "history.tsv", sep="\t")
     assert list(history["epoch"]) == [1, 2, 3, 4]
+    # epochs 1-2 were resumed, not trained again: their rows, measured seconds included, are the first run's
+    pd.testing.assert_frame_equal(history.iloc[:2], first_two)
     expected = pd.read_csv(straight / "history.tsv", sep="\t")
     pd.testing.assert_series_equal(history["val_loss"], expected["val_loss"], rtol=1e-6)
     resumed_weights, straight_weights = _weights(interrupted / "model.pt"), _weights(straight / "model.pt")
@@ -105,3 +111,29 @@ _fit(settings, Path({str(prepared_dir)!r}), Path({str(run_dir)!r}), epochs=200)
     history = pd.read_csv(run_dir / "history.tsv", sep="\t")
     assert card["training"]["epochs_run"] == killed_at + 1
     assert list(history["epoch"]) == list(range(1, killed_at + 2)), "resumed run restarted from epoch 0"
+
+
+def test_training_stops_when_its_time_budget_is_spent_counting_a_killed_attempt(prepared, tmp_path, monkeypatch):
+    """With a clock where every epoch lasts 1 s and a budget of 3.5 s, a fourth epoch would overrun: the
+    run stops after three, two of them from an earlier attempt, and keeps its best checkpoint."""
+    from snakescope.engine import trainer
+
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=itertools.count().__next__))
+    settings, prepared_dir = prepared
+    _fit(settings, prepared_dir, tmp_path, epochs=2)  # an attempt that ended (was killed) after two epochs
+    for name in ("model.pt", "history.tsv", "model_card.json"):
+        (tmp_path / name).unlink()
+
+    card = _fit(settings, prepared_dir, tmp_path, epochs=50, train_seconds=3.5)
+    history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
+    assert list(history["epoch"]) == [1, 2, 3] and list(history["seconds"]) == [1.0, 1.0, 1.0]
+    assert card["training"]["stopped_by"] == "time budget" and card["training"]["time_limit_seconds"] == 3.5
+    best = int(history["val_loss"].idxmin()) + 1
+    assert card["training"]["best_epoch"] == best
+    saved = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert saved["best_epoch"] == best
+    for name, tensor in torch.load(tmp_path / "checkpoint_best.pt", map_location="cpu", weights_only=True).items():
+        torch.testing.assert_close(saved["model"][name], tensor)
+
+    unlimited = _fit(settings, prepared_dir, tmp_path / "unlimited", epochs=4)
+    assert unlimited["training"]["stopped_by"] == "epochs" and unlimited["training"]["epochs_run"] == 4

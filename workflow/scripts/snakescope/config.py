@@ -320,6 +320,7 @@ class TrainConfig:
     device: str = "auto"
     residual_learning: bool = True
     processes: int = 1  # data-parallel training processes (snakescope.engine.distributed)
+    train_seconds: float | None = None  # wall time after which training stops (its share of time_budget_minutes)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], model: str, seed: int) -> TrainConfig:
@@ -341,6 +342,7 @@ class TrainConfig:
             device=settings.get("device", "auto"),
             residual_learning=bool(settings.get("residual_learning", True)),
             processes=int(settings.get("train_processes", 1)),
+            train_seconds=settings.get("train_seconds"),
         )
 
 
@@ -414,7 +416,8 @@ def stage_settings(settings: dict, stage: str) -> dict:
     keys = STAGE_KEYS[stage]
     if stage == "recommend":
         auto = set(settings.get("auto_keys", []))
-        measures = bool(auto & {"batch_size", "epochs"})
+        # measuring a step, or sharing a time budget, needs the models and seeds even where the user set them
+        measures = bool(auto & {"batch_size", "epochs"}) or bool(settings.get("time_budget_minutes"))
         keys = [
             k for k in keys
             if k in auto or (k not in PLANNED_KEYS and k != "seeds") or (measures and k in _MEASURE_KEYS)

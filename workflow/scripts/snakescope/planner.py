@@ -182,12 +182,30 @@ def plan_epochs(seconds_per_sample: float, samples_per_epoch: int, runs: int, re
             f"no time budget: up to {configured_max} epochs with early stopping "
             f"(measured {epoch_seconds:.1f} s per epoch)"
         )
-    budget = resources.time_budget_minutes * 60 * TRAINING_SHARE / max(1, runs)
+    budget = seconds_per_run(resources.time_budget_minutes, runs)
     epochs = int(max(MIN_EPOCHS, min(configured_max, budget // max(epoch_seconds, 1e-6))))
     return epochs, (
         f"measured {epoch_seconds:.1f} s per epoch ({samples_per_epoch} samples); {TRAINING_SHARE:.0%} of the "
         f"{resources.time_budget_minutes:g} min budget over {runs} run(s) gives {epochs} epochs"
     )
+
+
+def seconds_per_run(budget_minutes: float, runs: int) -> float:
+    """One training's share of the time budget: the rest goes to converting, predicting and evaluating."""
+    return budget_minutes * 60 * TRAINING_SHARE / max(1, runs)
+
+
+def share_time_budget(budget_minutes: float | None, seeds: list | None, models: list | None) -> dict | None:
+    """How the time budget is shared between the trainings of a dataset (each stops when its share is
+    spent, `engine.trainer`); None without a budget."""
+    if not budget_minutes:
+        return None
+    runs = len(seeds or [0]) * len(models or [None])
+    seconds = seconds_per_run(budget_minutes, runs)
+    return {"minutes": budget_minutes, "training_share": TRAINING_SHARE, "runs": runs, "seconds_per_run": seconds,
+            "reason": f"{TRAINING_SHARE:.0%} of the {budget_minutes:g} min budget over {runs} training run(s) "
+                      f"({len(seeds or [0])} seed(s) x {len(models or [None])} model(s)): each stops after "
+                      f"{seconds:.0f} s, keeping its best checkpoint, however loaded the machine is"}
 
 
 def plan_normalisation(fingerprint: dict) -> tuple[str, str]:
@@ -319,6 +337,8 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
             "neighbours": recommendation.neighbours, "candidates": recommendation.candidates,
         },
         "measured": None if cost is None else {"model": model, "sample_shape": sample_shape, **cost.__dict__},
+        "time_budget": share_time_budget(resources.time_budget_minutes, settings.get("seeds"),
+                                         chosen["models"]["value"]),
     }
 
 
@@ -350,11 +370,14 @@ def pin_plan(settings: dict, pinned: dict, fingerprint: dict) -> dict:
         if key not in decisions:
             decisions[key] = {"value": settings[key], "source": "user", "reason": "set in the config or its default"}
     return {**pinned, "dataset": fingerprint["dataset"], "task": fingerprint["task"],
-            "settings": {k: d["value"] for k, d in decisions.items()}, "decisions": decisions}
+            "settings": {k: d["value"] for k, d in decisions.items()}, "decisions": decisions,
+            "time_budget": share_time_budget(settings.get("time_budget_minutes"), settings.get("seeds"),
+                                             decisions["models"]["value"])}
 
 
 def apply_plan(settings: dict, plan_json: str) -> dict:
-    """`settings` with the planned values of the keys the user left unset (the user's own values win)."""
+    """`settings` with the planned values of the keys the user left unset (the user's own values win), and
+    `train_seconds`, one training's share of the time budget (None without one)."""
     plan = read_json(plan_json)
     auto = set(settings.get("auto_keys", []))
     pinned = plan.get("decisions", {})
@@ -362,6 +385,7 @@ def apply_plan(settings: dict, plan_json: str) -> dict:
         **settings,
         **{key: value for key, value in plan["settings"].items()
            if key in auto or pinned.get(key, {}).get("source") == "pinned plan"},
+        "train_seconds": (plan.get("time_budget") or {}).get("seconds_per_run"),
     }
 
 
@@ -392,6 +416,10 @@ def write_plan(settings: dict, fingerprint_json: str, plan_out: str, table_out: 
         [{"setting": k, "value": d["value"], "source": d["source"], "reason": d["reason"]}
          for k, d in plan["decisions"].items()]
     )
+    if plan.get("time_budget"):
+        log.info("train_seconds = %.0f: %s", plan["time_budget"]["seconds_per_run"], plan["time_budget"]["reason"])
+        table.loc[len(table)] = ["train_seconds", round(plan["time_budget"]["seconds_per_run"]), "rules",
+                                 plan["time_budget"]["reason"]]
     write_table(table, table_out)
     write_json(plan, plan_out)
     return plan

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 # Settings that do not change what a run computes: a run resumes whatever the number of processes (the
 # global batch, and so each step, is the same).
-NOT_HASHED = ("processes",)
+# When to stop does not change what an epoch does: a run given more epochs, patience or time continues.
+NOT_HASHED = ("processes", "epochs", "patience", "train_seconds")
 
 
 def run_hash(cfg, split: dict, plan: dict) -> str:
@@ -37,15 +38,21 @@ def fresh_state() -> dict:
     return {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "stale_epochs": 0, "history": []}
 
 
-def resume_run(work_dir: Path, run_hash: str, model: nn.Module, optimizer) -> tuple[dict, dict | None]:
+def resume_run(work_dir: Path, run_hash: str, model: nn.Module, optimizer,
+               max_epochs: int | None = None) -> tuple[dict, dict | None]:
     """The training state and best weights from `work_dir`'s checkpoints when they belong to this run
-    (same `run_hash`), loading the model and optimiser in place; a fresh state otherwise."""
+    (same `run_hash`, at most `max_epochs` trained), loading the model and optimiser in place; a fresh
+    state otherwise."""
     checkpoint_path = work_dir / "checkpoint_last.pt"
     if not checkpoint_path.is_file():
         return fresh_state(), None
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     if checkpoint.get("run_hash") != run_hash:
         log.warning("ignoring %s: it belongs to other settings or data", checkpoint_path)
+        return fresh_state(), None
+    if max_epochs is not None and checkpoint["state"]["epoch"] > max_epochs:
+        log.warning("ignoring %s: it trained %d epochs, more than epochs = %d", checkpoint_path,
+                    checkpoint["state"]["epoch"], max_epochs)
         return fresh_state(), None
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])

@@ -217,7 +217,7 @@ class Trainer:
                               device, threads=self.threads, generator=generator, shard=(group.rank, group.world))
 
         hash_ = checkpoint.run_hash(cfg, split, self.plan)
-        state, best_state = checkpoint.resume_run(work_dir, hash_, model, optimizer)
+        state, best_state = checkpoint.resume_run(work_dir, hash_, model, optimizer, max_epochs=cfg.epochs)
         if group.world > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -229,7 +229,11 @@ class Trainer:
         log.info("training %s on %s: %d train images (%d samples per epoch) / %d val, %d parameters", cfg.model,
                  device, len(train_items), loader.n, len(self.val_items), sum(p.numel() for p in model.parameters()))
 
+        out_of_time = False
         while state["epoch"] < cfg.epochs and state["stale_epochs"] < cfg.patience:
+            out_of_time = self.out_of_time(state["history"])
+            if out_of_time:
+                break
             epoch = state["epoch"] + 1
             epoch_seed = cfg.seed * 100_003 + epoch
             # dropout draws its own masks in every process; the batches' generator is the same in all
@@ -251,9 +255,14 @@ class Trainer:
                      " *best*" if row["improved"] else "", extra=PROGRESS)
         if writer:
             writer.close()
-        if state["stale_epochs"] >= cfg.patience:
+        if out_of_time:
+            log.info("time budget: stopped after epoch %d, %.0f s of %.0f s; best epoch %d", state["epoch"],
+                     _seconds_spent(state["history"]), cfg.train_seconds, state["best_epoch"], extra=PROGRESS)
+        elif state["stale_epochs"] >= cfg.patience:
             log.info("early stop: no better %s for %d epochs; best epoch %d", self.monitor, cfg.patience,
                      state["best_epoch"])
+        stopped_by = ("time budget" if out_of_time else "early stopping"
+                      if state["stale_epochs"] >= cfg.patience else "epochs")
         if not group.is_main:
             return None
         checkpoint.save_model({
@@ -267,9 +276,19 @@ class Trainer:
             **self.payload_extras(),
         }, model_out)
         write_table(pd.DataFrame(state["history"]), history_out)
-        card = self._card(state, device, len(train_items), len(self.val_items))
+        card = self._card(state, device, len(train_items), len(self.val_items), stopped_by)
         write_json(card, card_out)
         return card
+
+    def out_of_time(self, history: list[dict]) -> bool:
+        """Whether one more epoch, as slow as the slowest so far, would overrun `cfg.train_seconds` (the
+        epochs of an earlier, killed attempt count); every process gets the same answer."""
+        if not self.cfg.train_seconds or not history:
+            return False
+        slowest = max(row["seconds"] for row in history)
+        over = _seconds_spent(history) + slowest > self.cfg.train_seconds
+        (votes,) = distributed.sum_over_processes([float(over)], self.group)
+        return votes > 0
 
     def train_epoch(self, loader, optimizer) -> tuple[float, int]:
         """One pass over the training batches; returns (mean loss, images seen)."""
@@ -288,7 +307,7 @@ class Trainer:
         total, n_images = distributed.sum_over_processes([total.item(), n_images], self.group)
         return total / max(n_images, 1), int(n_images)
 
-    def _card(self, state: dict, device: torch.device, n_train: int, n_val: int) -> dict:
+    def _card(self, state: dict, device: torch.device, n_train: int, n_val: int, stopped_by: str) -> dict:
         cfg, history = self.cfg, state["history"]
         cuda = device.type == "cuda"
         return {
@@ -296,7 +315,8 @@ class Trainer:
             "training": {"seed": cfg.seed, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
                          f"best_{self.monitor}": state.get(f"best_{self.monitor}"),
                          "early_stopped": state["stale_epochs"] >= cfg.patience,
-                         "train_seconds": float(sum(r["seconds"] for r in history)),
+                         "stopped_by": stopped_by, "time_limit_seconds": cfg.train_seconds,
+                         "train_seconds": _seconds_spent(history),
                          "seconds_per_epoch": float(np.mean([r["seconds"] for r in history] or [0])),
                          "settings": cfg.__dict__, "device": str(device),
                          "gpu": torch.cuda.get_device_name() if cuda else None,
@@ -305,3 +325,8 @@ class Trainer:
             "dataset": {"name": self.fingerprint["dataset"], "n_train": n_train, "n_val": n_val},
             "processes": self.group.world,
         }
+
+
+def _seconds_spent(history: list[dict]) -> float:
+    """Training time of the epochs in `history` (training and validation, not the set-up)."""
+    return float(sum(row["seconds"] for row in history))
