@@ -135,6 +135,11 @@ def test_demo_default_job(tmp_path):
         # every trained model leaves as a bioimage.io package that bioimage.io's test passed, with ONNX weights
         export = json.loads((tmp_path / f"results/{name}/{models[name]}/seed0/export/export.json").read_text())
         assert export["bioimageio_test"]["status"] == "passed" and export["onnx_max_abs_difference"] <= 1e-4
+        # and its calibration: ECE before and after temperature scaling, a reliability diagram for the report
+        run = tmp_path / f"results/{name}/{models[name]}/seed0/uncertainty"
+        calibration = json.loads((run / "summary.json").read_text())
+        assert calibration["calibration_unit"] == ("pixels" if name == "demo_segmentation" else "images")
+        assert 0 <= calibration["ece_temperature_scaled"] <= 1 and (run / "reliability.png").is_file()
     fingerprint = json.loads((tmp_path / "results/by_class/convert/fingerprint.json").read_text())
     assert fingerprint["classes"] == sorted(p.name for p in by_class.iterdir())  # named after the folders
     package = tmp_path / f"results/demo_segmentation/{models['demo_segmentation']}/seed0/export/package.zip"

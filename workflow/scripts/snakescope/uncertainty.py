@@ -18,6 +18,7 @@ from snakescope.engine.runtime import select_device
 from snakescope.io import read_json, read_samples, write_json, write_table
 from snakescope.tasks import get_task, load_trained
 from snakescope.tasks.base import InferenceData
+from snakescope.uncertainty_measures import calibration_report
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,33 @@ def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split
     items = task.load_items(arrays_npz, table, split["test"], payload["plan"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    calibration = calibrate(task, model, payload, arrays_npz, table, split, items, torch_device, out)
     started = time.perf_counter()
     frame, tracking = task.uncertainty(model, payload, items, InferenceData(arrays_npz, table, split), samples,
                                        torch_device, out, threshold)
     seconds = time.perf_counter() - started
     summary = {"mc_samples": samples, "n_images": len(items), "seconds": seconds,
-               "mean_uncertainty": float(frame["uncertainty"].mean()), **tracking}
+               "mean_uncertainty": float(frame["uncertainty"].mean()), **tracking, **calibration}
     write_table(frame, out / "uncertainty.csv")
     write_json(summary, out / "summary.json")
     log.info("MC dropout, %d samples, %d images in %.1f s: %s", samples, len(items), seconds, summary)
     return summary
+
+
+def calibrate(task, model, payload: dict, arrays_npz: str, table, split: dict, test_items: list[dict], device,
+              out: Path) -> dict:
+    """ECE of the network's probabilities on the test set, before and after temperature scaling fitted on
+    the validation set, and reliability.png; {} for tasks without class probabilities or without a
+    validation set."""
+    if not task.calibrated or not split["val"]:
+        return {}
+    val_items = task.load_items(arrays_npz, table, split["val"], payload["plan"])
+    model.eval()
+    val = task.calibration_logits(model, payload, val_items, device)
+    test = task.calibration_logits(model, payload, test_items, device)
+    unit = "images" if not task.dense else "pixels"
+    report = calibration_report(val, test, unit, out / "reliability.png")
+    log.info("calibration on %d test %s: ECE %.3f, %.3f after temperature scaling (T = %.2f, fitted on %d "
+             "validation %s)", len(test[1]), unit, report["ece"], report["ece_temperature_scaled"],
+             report["temperature"], len(val[1]), unit)
+    return report

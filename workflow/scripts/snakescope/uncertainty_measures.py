@@ -4,6 +4,8 @@ The classification and segmentation score is the predictive entropy of the mean 
 probabilities, divided by log(K) so it lies in [0, 1] whatever the number of classes K (0: all samples
 agree on one class with certainty; 1: uniform). Whether an uncertainty is useful is read from the
 accuracy (or error) of the most certain share of images, pixels or objects against the rest.
+Whether the network's probabilities can be trusted is read from its expected calibration error and a
+reliability diagram, before and after temperature scaling.
 """
 
 from __future__ import annotations
@@ -44,3 +46,79 @@ def tracks_error(uncertainty: np.ndarray, correct: np.ndarray, unit: str) -> dic
         # AUC of uncertainty as a detector of errors: 0.5 = unrelated, 1 = every error is more uncertain
         result["error_detection_auc"] = float(roc_auc_score(~correct.astype(bool), uncertainty))
     return result
+
+
+# -- calibration: can the probabilities be trusted? ------------------------------------------------------
+
+CALIBRATION_BINS = 10
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = CALIBRATION_BINS) -> dict:
+    """Top-label reliability of (n, K) class probabilities: per confidence bin the count, the mean
+    confidence and the accuracy, and the expected calibration error (ECE: the count-weighted mean gap
+    between confidence and accuracy; Guo et al., ICML 2017). sklearn has calibration curves but no ECE."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    which = np.clip((confidence * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    filled = np.maximum(count, 1)
+    mean_confidence = np.bincount(which, confidence, minlength=n_bins) / filled
+    accuracy = np.bincount(which, correct, minlength=n_bins) / filled
+    ece = float((count * np.abs(mean_confidence - accuracy)).sum() / max(len(labels), 1))
+    return {"ece": ece, "count": count, "confidence": mean_confidence, "accuracy": accuracy}
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    from scipy.special import softmax as scipy_softmax
+
+    return scipy_softmax(logits / temperature, axis=1)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(logits / T) (temperature
+    scaling, Guo et al. 2017), searched on log T in [1/20, 20]."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    rows = np.arange(len(labels))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-np.log(20), np.log(20)), method="bounded").x))
+
+
+def calibration_report(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], unit: str,
+                       figure_path=None) -> dict:
+    """ECE of the network's softmax on the test set before and after temperature scaling fitted on the
+    validation set (`val`, `test`: (n, K) logits and (n,) labels), and a reliability diagram."""
+    temperature = fit_temperature(*val)
+    before, after = (reliability_bins(softmax(test[0], t), test[1]) for t in (1.0, temperature))
+    val_before, val_after = (reliability_bins(softmax(val[0], t), val[1])["ece"] for t in (1.0, temperature))
+    if figure_path is not None:
+        _reliability_figure(before, after, temperature, unit, len(test[1]), figure_path)
+    return {"calibration_unit": unit, "temperature": temperature, "ece": before["ece"],
+            "ece_temperature_scaled": after["ece"], "val_ece": val_before, "val_ece_temperature_scaled": val_after,
+            "temperature_scaling_helps_on_val": val_after < val_before}
+
+
+def _reliability_figure(before: dict, after: dict, temperature: float, unit: str, n: int, path) -> None:
+    import matplotlib.pyplot as plt
+
+    from snakescope.io import save_figure
+
+    centres = (np.arange(CALIBRATION_BINS) + 0.5) / CALIBRATION_BINS
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 5.6), sharex=True, height_ratios=[3, 1])
+    top.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
+    for bins, name in ((before, "network"), (after, f"temperature-scaled, T = {temperature:.2f}")):
+        filled = bins["count"] > 0
+        top.plot(bins["confidence"][filled], bins["accuracy"][filled], "o-", label=f"{name}: ECE {bins['ece']:.3f}")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1.02)
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title(f"Reliability on the test set ({n} {unit}; T fitted on validation)")
+    bottom.bar(centres, before["count"], width=1 / CALIBRATION_BINS, color="0.6", edgecolor="white")
+    bottom.set_xlabel("confidence (probability of the predicted class)")
+    bottom.set_ylabel(unit)
+    bottom.set_xlim(0, 1)
+    save_figure(figure, path)

@@ -82,6 +82,8 @@ class Task:
         max_batch, cpu_batch: the planner's batch-size cap and its fixed CPU batch size.
         default_resize: the image size used when the config sets none (None: native size).
         mc_rows_per_pass: images (or windows) per MC-dropout pass.
+        calibrated: the network predicts class probabilities whose calibration is measured
+            (`calibration_logits`).
     """
 
     name: ClassVar[str]
@@ -98,6 +100,7 @@ class Task:
     cpu_batch: ClassVar[int] = 8
     default_resize: ClassVar[list[int] | None] = None
     mc_rows_per_pass: ClassVar[int] = 16
+    calibrated: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -191,6 +194,11 @@ class Task:
     # -- inference and evaluation ----------------------------------------------------------------------
 
     def predictor(self, model, payload: dict, data: InferenceData, threshold: str | float, device) -> Predictor:
+        raise NotImplementedError
+
+    def calibration_logits(self, model, payload: dict, items: list[dict], device):
+        """((n, K) logits, (n,) true classes) of the network on `items`, per image or per sampled pixel, to
+        judge whether its probabilities can be trusted (`snakescope.uncertainty`); tasks with `calibrated`."""
         raise NotImplementedError
 
     def uncertainty(

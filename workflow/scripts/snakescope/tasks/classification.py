@@ -54,17 +54,23 @@ def classification_metrics(truth: list[str], predicted: list[str], probabilities
 class ClassificationPredictor(Predictor):
     batch_size = PREDICT_BATCH
 
-    def predict(self, items: list[dict], out: Path) -> list[dict]:
+    def logits(self, items: list[dict]):
+        """(N, K) network outputs for a batch of items (autocast on GPUs), a float tensor on the CPU."""
         import torch
 
         from snakescope.engine.runtime import autocast_dtype
 
-        classes = self.payload["classes"]
         amp_dtype = autocast_dtype(self.device)
         image = torch.as_tensor(np.stack([it["image"] for it in items])).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
                                              enabled=amp_dtype is not None):
-            probabilities = torch.softmax(self.model(image).float(), dim=1).cpu().numpy()
+            return self.model(image).float().cpu()
+
+    def predict(self, items: list[dict], out: Path) -> list[dict]:
+        import torch
+
+        classes = self.payload["classes"]
+        probabilities = torch.softmax(self.logits(items), dim=1).numpy()
         rows = []
         for item, p in zip(items, probabilities, strict=True):
             row = {"id": item["id"], "predicted_label": classes[int(p.argmax())]}
@@ -127,6 +133,13 @@ class Classification(Task):
 
     def predictor(self, model, payload, data, threshold, device) -> Predictor:
         return ClassificationPredictor(self, model, payload, data, threshold, device)
+
+    calibrated = True
+
+    def calibration_logits(self, model, payload, items, device):
+        predictor = self.predictor(model, payload, None, None, device)
+        logits = np.concatenate([predictor.logits(chunk).numpy() for chunk in batched(items, PREDICT_BATCH)])
+        return logits.astype(np.float64), np.array([item["label"] for item in items])
 
     def uncertainty(self, model, payload, items, data, samples, device, out, threshold):
         import torch

@@ -152,8 +152,8 @@ class SegmentationPredictor(Predictor):
     def predict(self, items: list[dict], out: Path) -> list[dict]:
         return [write_segmentation(item["id"], self.probabilities(item), out, self.threshold) for item in items]
 
-    def probabilities(self, item: dict) -> np.ndarray:
-        """(K, *spatial) softmax of the network (sliding window, autocast on GPUs) for one item."""
+    def logits(self, item: dict):
+        """(1, K, *spatial) network outputs for one item (sliding window, autocast on GPUs), on the CPU."""
         import torch
 
         from snakescope.engine.inference import predict_logits
@@ -163,8 +163,13 @@ class SegmentationPredictor(Predictor):
         image = torch.as_tensor(item["image"][None]).to(self.device)
         with torch.no_grad(), torch.autocast(self.device.type, dtype=amp_dtype or torch.float32,
                                              enabled=amp_dtype is not None):
-            logits = predict_logits(self.model, image, self.plan).float()
-        return torch.softmax(logits, dim=1)[0].cpu().numpy()
+            return predict_logits(self.model, image, self.plan).float().cpu()
+
+    def probabilities(self, item: dict) -> np.ndarray:
+        """(K, *spatial) softmax of the network for one item."""
+        import torch
+
+        return torch.softmax(self.logits(item), dim=1)[0].numpy()
 
 
 class Segmentation(Task):
@@ -270,6 +275,21 @@ class Segmentation(Task):
 
     def predictor(self, model, payload, data, threshold, device) -> Predictor:
         return SegmentationPredictor(self, model, payload, data, threshold, device)
+
+    calibrated = True
+
+    def calibration_logits(self, model, payload, items, device):
+        predictor = self.predictor(model, payload, None, "otsu", device)
+        rng = np.random.default_rng(0)
+        logits, labels = [], []
+        for item in items:
+            image_logits = predictor.logits(item)[0].numpy()
+            image_logits = image_logits.reshape(len(image_logits), -1)
+            truth = item["label"][0].ravel()
+            pick = rng.choice(truth.size, size=min(truth.size, PIXELS_PER_IMAGE), replace=False)
+            logits.append(image_logits[:, pick].T)
+            labels.append(truth[pick])
+        return np.concatenate(logits).astype(np.float64), np.concatenate(labels).astype(np.int64)
 
     def uncertainty(self, model, payload, items, data, samples, device, out, threshold):
         import torch

@@ -183,6 +183,7 @@ class InstanceSegmentation(Segmentation):
 
     name = "instance_segmentation"
     headline_metric = "aji"  # U-Net + watershed by default: strong on dense nuclei
+    calibrated = False  # objects are judged by their own scores (uncertainty per object), not per pixel
 
     def check_targets(self, samples: list, targets: dict, settings: dict) -> list[str]:
         """Lossy masks, and class masks given as instance labels: a value that occurs in several separate
