@@ -168,9 +168,18 @@ def _test_input(arrays_npz: str, split: dict, plan: dict, name: str) -> np.ndarr
         image = arrays[f"image/{sample_id}"].astype(np.float32)
     if plan.get("patch_size"):
         patch = fit_patch(name, [min(p, s) for p, s in zip(plan["patch_size"], image.shape[1:], strict=True)])
+        multiple = MODELS[name].patch_multiple
+        # every side at least what the package declares (`_axes`), though the network needs it of one side
+        patch = [-(-max(p, _smallest_side(name)) // multiple) * multiple for p in patch]
         pad = [(0, 0)] + [(0, max(0, p - s)) for p, s in zip(patch, image.shape[1:], strict=True)]
         image = np.pad(image, pad, mode="reflect")[(slice(None), *(slice(0, p) for p in patch))]
     return image[None]
+
+
+def _smallest_side(name: str) -> int:
+    """The smallest side the package declares on every axis: bioimage.io cannot say "one side at least
+    min_largest_side", so every side must be."""
+    return max(MODELS[name].min_side, MODELS[name].min_largest_side)
 
 
 def _other_input(x: torch.Tensor, task, name: str) -> np.ndarray:
@@ -186,9 +195,8 @@ def _axes(v0_5, raw: np.ndarray, task, name: str, channel_names: list[str]) -> l
     spatial = ["z", "y", "x"][-(raw.ndim - 2):]
     axes = [v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=channel_names)]
     entry = MODELS[name]
-    smallest = max(entry.min_side, entry.min_largest_side)
     for axis, size in zip(spatial, raw.shape[2:], strict=True):
-        shape = v0_5.ParameterizedSize(min=smallest, step=entry.patch_multiple) if task.dense else int(size)
+        shape = v0_5.ParameterizedSize(min=_smallest_side(name), step=entry.patch_multiple) if task.dense else int(size)
         axes.append(v0_5.SpaceInputAxis(id=v0_5.AxisId(axis), size=shape))
     return axes
 
@@ -224,7 +232,7 @@ def _description(payload: dict, task, settings: dict, raw: np.ndarray, work: Pat
         data=v0_5.IntervalOrRatioDataDescr(type="float32"), preprocessing=_preprocessing(v0_5, plan, spatial))
     output_axes = [v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=output_names)]
     if task.dense:
-        halo = max(MODELS[name].min_side, MODELS[name].min_largest_side) // 4
+        halo = _smallest_side(name) // 4
         for a in spatial:
             size = v0_5.SizeReference(tensor_id=v0_5.TensorId("input"), axis_id=v0_5.AxisId(a))
             # a network without downsampling (min_side 1) needs no halo, and bioimage.io wants a halo >= 1
