@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_throughput.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benches import load_bench
 
 
 def test_train_throughput_cpu_smoke(tmp_path):
     out = tmp_path / "throughput.json"
-    result = _load_bench().main(["--cpu-smoke", "--json", str(out)])
+    result = load_bench("train_throughput").main(["--cpu-smoke", "--json", str(out)])
     rows = {(row["case"].split()[0], row["variant"]): row for row in result["rows"]}
     assert set(rows) == {
         ("unet", "bare"),
