@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from snakescope.engine.models import MODELS
-from snakescope.engine.networks import dropout_modules
 from snakescope.engine.transforms import normalise
 from snakescope.io import UserError, atomic_path, read_json, save_figure, write_json
 from snakescope.plots import displayable
@@ -60,10 +59,9 @@ def export_model(model_pt: str, arrays_npz: str, split_json: str, settings: dict
     Returns:
         the export.json record: the package, the ONNX check, the test's status.
     """
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, payload = load_trained(model_pt, torch.device("cpu"))
+    model, payload = load_trained(model_pt, torch.device("cpu"))  # in eval mode: dropout off for tracing
     name = payload["spec"]["name"]
     run_info = run_info or {}
     record = {**run_info, "model": name}
@@ -73,9 +71,6 @@ def export_model(model_pt: str, arrays_npz: str, split_json: str, settings: dict
         write_json(record, out / "export.json")
         log.warning("%s", record["reason"])
         return record
-    model.eval()
-    for layer in dropout_modules(model):
-        layer.eval()
     work = Path(tempfile.mkdtemp(prefix=".package-", dir=out))  # the package's files until they are zipped
     try:
         return _export(model, payload, arrays_npz, split_json, settings, out, work, metrics_json, run_info, record,
@@ -87,7 +82,8 @@ def export_model(model_pt: str, arrays_npz: str, split_json: str, settings: dict
 def _export(model, payload: dict, arrays_npz: str, split_json: str, settings: dict, out: Path, work: Path,
             metrics_json: str | None, run_info: dict, record: dict, test: bool) -> dict:
     plan, name = payload["plan"], payload["spec"]["name"]
-    raw = _test_input(arrays_npz, read_json(split_json), plan, name)  # (1, C, *spatial), native units
+    split = read_json(split_json)
+    raw = _test_input(arrays_npz, split, plan, name)  # (1, C, *spatial), native units
     x = torch.as_tensor(normalise(raw[0], plan)[None])
     with torch.no_grad():
         logits = model(x)
@@ -114,7 +110,7 @@ def _export(model, payload: dict, arrays_npz: str, split_json: str, settings: di
         shutil.copyfile(work / "cover.png", tmp)
     (work / "README.md").write_text(_readme(payload, task, settings, metrics_json, run_info))
     applied = {key: payload.get(key) for key in ("spec", "plan", "classes", "mask_values", "input_size")}
-    applied.update(task.export_settings(arrays_npz, read_json(split_json)))
+    applied.update(task.export_settings(arrays_npz, split))
     descr = _description(payload, task, settings, raw, work, torchscript, onnx_path, run_info, applied)
     from bioimageio.spec import save_bioimageio_package
 
