@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import tifffile
 
+from snakescope.engine.checkpoint import read_model
+from snakescope.engine.trainer import CALIBRATION_MIN_IMAGES
 from snakescope.io import read_json
 from snakescope.uncertainty_measures import fit_temperature, reliability_bins, softmax
 
@@ -57,5 +59,65 @@ def test_the_uncertainty_stage_reports_the_calibration_of_what_predict_wrote(sma
         probabilities = np.concatenate([m.reshape(len(m), -1).T for m in maps])
         with np.load(prepared / "arrays.npz") as arrays:
             labels = np.concatenate([arrays[f"target/{i}"].ravel() for i in predictions["id"]])
-    assert summary["ece"] == pytest.approx(reliability_bins(probabilities, labels)["ece"], abs=1e-5)
+    # predict writes the probabilities of the temperature training chose (1 = the network's own)
+    written = summary["ece_temperature_scaled"] if summary["temperature_applied"] != 1.0 else summary["ece"]
+    assert written == pytest.approx(reliability_bins(probabilities, labels)["ece"], abs=1e-5)
     assert summary["temperature_scaling_helps_on_val"] == (summary["val_ece_temperature_scaled"] < summary["val_ece"])
+
+
+@pytest.mark.parametrize("task", ["classification", "instance_segmentation"])
+def test_the_test_images_are_ranked_for_annotation(small_run, tmp_path, task):
+    from snakescope.uncertainty import estimate_uncertainty
+
+    root, _, prepared = small_run(task)
+    estimate_uncertainty(str(root / "model.pt"), str(prepared / "arrays.npz"), str(prepared / "samples.tsv"),
+                         str(prepared / "splits.json"), str(tmp_path), samples=3, device="cpu")
+    ranking = pd.read_csv(tmp_path / "annotate_next.tsv", sep="\t", dtype={"id": str})
+    assert sorted(ranking["id"]) == sorted(read_json(prepared / "splits.json")["test"])
+    assert ranking["rank"].tolist() == list(range(1, len(ranking) + 1))
+    # per image the mean of what uncertainty.csv holds for it (one row per image, or per object)
+    expected = pd.read_csv(tmp_path / "uncertainty.csv", dtype={"id": str}).groupby("id")["uncertainty"].mean()
+    scored = ranking.dropna(subset=["uncertainty"])
+    np.testing.assert_allclose(scored["uncertainty"], expected[scored["id"]].to_numpy())
+    assert scored["uncertainty"].is_monotonic_decreasing and ranking["uncertainty"].isna().sum() == (
+        len(ranking) - len(expected))  # images without objects go last
+    assert (tmp_path / "annotate_next.png").is_file()
+
+
+def test_training_fits_the_temperature_and_applies_it_where_it_helps(small_run):
+    root, _, _ = small_run("classification")
+    calibration = read_json(root / "card.json")["calibration"]
+    payload = read_model(root / "model.pt")
+    n_val = read_json(root / "card.json")["dataset"]["n_val"]
+    helps = calibration["val_ece_temperature_scaled"] < calibration["val_ece"]
+    assert calibration["applied"] == (helps and n_val >= CALIBRATION_MIN_IMAGES), (n_val, calibration)
+    assert payload["temperature"] == (calibration["temperature_fitted"] if calibration["applied"] else 1.0)
+    assert 0.05 <= calibration["temperature_fitted"] <= 20
+    # auto leaves segmentation alone: its masks are cut from the unscaled maps (the uncertainty rule measures)
+    root, _, _ = small_run("segmentation")
+    assert "calibration" not in read_json(root / "card.json") and "temperature" not in read_model(root / "model.pt")
+
+
+def test_a_temperature_divides_every_output_of_the_loaded_model(small_run, tmp_path):
+    """predict, MC dropout (the classifier's sample-the-head-only path) and exports all see logits / T."""
+    import torch
+
+    from snakescope.engine.inference import sample_dropout
+    from snakescope.engine.networks import TemperatureScaled
+    from snakescope.tasks import load_trained
+
+    root, _, _ = small_run("classification")
+    payload = read_model(root / "model.pt")
+    torch.save({**payload, "temperature": 1.0}, tmp_path / "plain.pt")
+    torch.save({**payload, "temperature": 2.5}, tmp_path / "scaled.pt")
+    plain, _ = load_trained(str(tmp_path / "plain.pt"), torch.device("cpu"))
+    scaled, _ = load_trained(str(tmp_path / "scaled.pt"), torch.device("cpu"))
+    assert isinstance(scaled, TemperatureScaled) and not isinstance(plain, TemperatureScaled)
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(images), plain(images) / 2.5)
+        torch.manual_seed(0)
+        sampled_plain = sample_dropout(plain, images, payload["plan"], 4, 64)
+        torch.manual_seed(0)
+        sampled_scaled = sample_dropout(scaled, images, payload["plan"], 4, 64)
+    torch.testing.assert_close(sampled_scaled, sampled_plain / 2.5)

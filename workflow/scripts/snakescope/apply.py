@@ -39,18 +39,16 @@ from snakescope.io import (
     is_zarr_group,
     natural_key,
     read_json,
-    save_figure,
     write_json,
     write_table,
 )
 from snakescope.logs import PROGRESS
-from snakescope.plots import displayable
 from snakescope.tasks import get_task, load_trained
 from snakescope.tasks.base import InferenceData
+from snakescope.uncertainty import rank_images, ranking_figure
 
 log = logging.getLogger(__name__)
 
-RANKING_SHOWN = 8  # images drawn in ranking.png
 
 
 def load_source(source: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, str]:
@@ -192,7 +190,10 @@ def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceD
     write_table(frame, uncertainty_dir / "uncertainty.csv")
     ranking = rank_images(frame, predictions)
     write_table(ranking, out / "ranking.tsv")
-    _ranking_figure(ranking, files, payload["spec"]["spatial_dims"], uncertainty_dir, out / "ranking.png")
+    by_id = {path.stem: path for path in files}
+    ranking_figure(ranking, lambda i: to_channels_first(read_sample_image(str(by_id[i])), str(by_id[i]),
+                                                        payload["spec"]["spatial_dims"]),
+                   uncertainty_dir, out / "ranking.png")
     seconds = time.perf_counter() - started
     write_json({"source": str(source), "kind": kind, "model": payload["spec"]["name"], "task": task.name,
                 "n_images": len(files), "mc_samples": sampled, "seconds": seconds,
@@ -215,48 +216,6 @@ def _items(files: list[Path], payload: dict, done: str = "") -> Iterator[dict]:
 def _progress(verb: str, done: int, total: int) -> None:
     if done % 10 == 0 or done == total:
         log.info("%s %d/%d images", verb, done, total, extra=PROGRESS)
-
-
-def rank_images(uncertainty: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
-    """One row per image, most uncertain first: its mean uncertainty (over objects, for instances; an
-    image without objects has none and goes last) beside its prediction."""
-    per_image = uncertainty.groupby("id", sort=False)["uncertainty"].mean()
-    ranking = predictions.copy()
-    ranking.insert(2, "uncertainty", ranking["id"].map(per_image).astype(float))
-    ranking = ranking.sort_values("uncertainty", ascending=False, na_position="last", kind="stable")
-    ranking.insert(0, "rank", np.arange(1, len(ranking) + 1))
-    return ranking.reset_index(drop=True)
-
-
-def _ranking_figure(ranking: pd.DataFrame, files: list[Path], spatial_dims: int, uncertainty_dir: Path,
-                    path: Path) -> None:
-    """The most uncertain images, each beside its uncertainty map when the task writes one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import tifffile
-
-    by_id = {p.stem: p for p in files}
-    shown = ranking.head(RANKING_SHOWN)
-    figure, axes = plt.subplots(len(shown), 2, figsize=(5, 2.4 * len(shown)), squeeze=False)
-    for row, (_, entry) in enumerate(shown.iterrows()):
-        path_of = by_id[entry["id"]]
-        image = to_channels_first(read_sample_image(str(path_of)), str(path_of), spatial_dims)
-        axes[row, 0].imshow(displayable(image), cmap="gray")
-        axes[row, 0].set_title(f"#{entry['rank']} {entry['filename']}: {entry['uncertainty']:.3f}", fontsize=8)
-        maps = [uncertainty_dir / f"{entry['id']}_{suffix}.tif" for suffix in ("uncertainty", "std")]
-        found = next((m for m in maps if m.is_file()), None)
-        if found is not None:
-            uncertainty_map = tifffile.imread(found)
-            while uncertainty_map.ndim > 2:  # a volume or several channels: the middle plane
-                uncertainty_map = uncertainty_map[len(uncertainty_map) // 2]
-            axes[row, 1].imshow(uncertainty_map, cmap="magma")
-            axes[row, 1].set_title("uncertainty map", fontsize=8)
-        for axis in axes[row]:
-            axis.set_axis_off()
-    figure.suptitle("Most uncertain first: check these before trusting the rest", fontsize=9)
-    save_figure(figure, path)
 
 
 def training_data(arrays_npz: str | None, samples_tsv: str | None, split_json: str | None) -> InferenceData | None:

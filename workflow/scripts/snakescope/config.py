@@ -321,6 +321,7 @@ class TrainConfig:
     residual_learning: bool = True
     processes: int = 1  # data-parallel training processes (snakescope.engine.distributed)
     train_seconds: float | None = None  # wall time after which training stops (its share of time_budget_minutes)
+    temperature_scaling: str | bool = "auto"  # fitted after training (snakescope.engine.trainer)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], model: str, seed: int) -> TrainConfig:
@@ -343,6 +344,7 @@ class TrainConfig:
             residual_learning=bool(settings.get("residual_learning", True)),
             processes=int(settings.get("train_processes", 1)),
             train_seconds=settings.get("train_seconds"),
+            temperature_scaling=settings.get("temperature_scaling", "auto"),
         )
 
 
@@ -395,6 +397,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "device",
         "residual_learning",
         "train_processes",
+        "temperature_scaling",
     ),
     "predict": ("threshold", "device"),
     "export": ("export_authors", "export_license", "export_cite"),

@@ -89,10 +89,11 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def calibration_report(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], unit: str,
-                       figure_path=None) -> dict:
-    """ECE of the network's softmax on the test set before and after temperature scaling fitted on the
-    validation set (`val`, `test`: (n, K) logits and (n,) labels), and a reliability diagram."""
-    temperature = fit_temperature(*val)
+                       figure_path=None, temperature: float | None = None) -> dict:
+    """ECE of the network's softmax on the test set before and after temperature scaling with
+    `temperature` (None: fitted on the validation set; `val`, `test`: (n, K) logits and (n,) labels), and a
+    reliability diagram."""
+    temperature = fit_temperature(*val) if temperature is None else temperature
     before, after = (reliability_bins(softmax(test[0], t), test[1]) for t in (1.0, temperature))
     val_before, val_after = (reliability_bins(softmax(val[0], t), val[1])["ece"] for t in (1.0, temperature))
     if figure_path is not None:

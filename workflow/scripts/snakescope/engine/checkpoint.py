@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 # Settings that do not change what a run computes: a run resumes whatever the number of processes (the
 # global batch, and so each step, is the same).
 # When to stop does not change what an epoch does: a run given more epochs, patience or time continues.
-NOT_HASHED = ("processes", "epochs", "patience", "train_seconds")
+# Temperature scaling is fitted after the last epoch.
+NOT_HASHED = ("processes", "epochs", "patience", "train_seconds", "temperature_scaling")
 
 
 def run_hash(cfg, split: dict, plan: dict) -> str:

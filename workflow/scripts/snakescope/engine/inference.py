@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from snakescope.engine.networks import Classifier, dropout_modules, enable_mc_dropout
+from snakescope.engine.networks import Classifier, TemperatureScaled, dropout_modules, enable_mc_dropout
 
 
 def predict_logits(model: torch.nn.Module, image: torch.Tensor, plan: dict, batch_size: int = 4) -> torch.Tensor:
@@ -55,14 +55,15 @@ def sample_dropout(
     """
     activation = activation or (lambda output: output)
     n = images.shape[0]
-    if isinstance(model, Classifier) and not _has_active_dropout(model.features):
-        model.eval()
-        features = model.features(images)
-        model.head.train()  # only Dropout in the head reacts to train mode
+    network, temperature = (model.network, model.temperature) if isinstance(model, TemperatureScaled) else (model, 1.0)
+    if isinstance(network, Classifier) and not _has_active_dropout(network.features):
+        network.eval()
+        features = network.features(images)
+        network.head.train()  # only Dropout in the head reacts to train mode
         try:
-            output = model.head(features.repeat(samples, *([1] * (features.ndim - 1))))
+            output = network.head(features.repeat(samples, *([1] * (features.ndim - 1)))) / temperature
         finally:
-            model.eval()
+            network.eval()
         return activation(output.float()).view(samples, n, -1).cpu()
     enable_mc_dropout(model)
     per_pass = max(1, rows_per_pass // max(n, 1))

@@ -22,6 +22,19 @@ if TYPE_CHECKING:  # the registry imports this module when a builder runs, not t
 
 log = logging.getLogger(__name__)
 
+class TemperatureScaled(nn.Module):
+    """`network` with its logits divided by one temperature (temperature scaling, Guo et al., ICML 2017):
+    the argmax is unchanged, the softmax calibrated. A module, so the division travels into exports."""
+
+    def __init__(self, network: nn.Module, temperature: float):
+        super().__init__()
+        self.network = network
+        self.temperature = float(temperature)
+
+    def forward(self, x):
+        return self.network(x) / self.temperature
+
+
 MASKRCNN_SCORE_THRESHOLD = 0.5  # painting threshold without validation images to tune it on
 # Proposals sampled per training image for the box and mask heads (torchvision: 512). The heads' cost
 # grows with it and dominates a step on the CPU (bench/maskrcnn_step.py: 4.3 s at 256, 2.6 at 128, 1.7 at

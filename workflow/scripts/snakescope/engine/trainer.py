@@ -40,6 +40,9 @@ from snakescope.logs import PROGRESS
 
 log = logging.getLogger(__name__)
 
+# temperature_scaling: auto trusts a validation ECE from this many images (ten bins; fewer is noise)
+CALIBRATION_MIN_IMAGES = 30
+
 VALIDATION_BATCH = 32  # images per validation pass when they are used whole (same size)
 
 
@@ -265,7 +268,7 @@ class Trainer:
                       if state["stale_epochs"] >= cfg.patience else "epochs")
         if not group.is_main:
             return None
-        checkpoint.save_model({
+        payload = {
             "model": best_state if best_state is not None else model.state_dict(),
             "spec": self.spec.to_dict(),
             "plan": self.plan,
@@ -274,11 +277,43 @@ class Trainer:
             "input_size": self.fingerprint.get("resized_to"),  # images are resized to it (snakescope.apply)
             "best_epoch": state["best_epoch"],
             **self.payload_extras(),
-        }, model_out)
+        }
+        calibration = self.fit_temperature(payload)
+        if calibration:
+            payload["temperature"] = calibration["temperature"]
+        checkpoint.save_model(payload, model_out)
         write_table(pd.DataFrame(state["history"]), history_out)
         card = self._card(state, device, len(train_items), len(self.val_items), stopped_by)
+        if calibration:
+            card["calibration"] = calibration
         write_json(card, card_out)
         return card
+
+    def fit_temperature(self, payload: dict) -> dict:
+        """Temperature scaling of the best weights, fitted on the validation set (`cfg.temperature_scaling`;
+        see config/config.yaml): {"temperature": the T that `load_trained` applies (1 = none), what was
+        fitted and measured}; {} where it is not applied: no class probabilities, no validation set, or
+        segmentation under auto (its binary masks are cut from the unscaled probability maps; the
+        uncertainty rule still measures what scaling would do)."""
+        from snakescope.uncertainty_measures import fit_temperature, reliability_bins, softmax
+
+        mode = self.cfg.temperature_scaling
+        if mode is False or not self.task.calibrated or not self.val_items or (mode == "auto" and self.task.dense):
+            return {}
+        self.model.load_state_dict(payload["model"])
+        self.model.eval()
+        logits, labels = self.task.calibration_logits(self.model, payload, self.val_items, self.device)
+        fitted = fit_temperature(logits, labels)
+        before, after = (reliability_bins(softmax(logits, t), labels)["ece"] for t in (1.0, fitted))
+        enough = len(labels) >= CALIBRATION_MIN_IMAGES
+        applied = mode is True or (enough and after < before)
+        reason = ("temperature_scaling: true" if mode is True else f"auto: validation ECE {before:.3f} -> {after:.3f}"
+                  if enough else f"auto: {len(labels)} validation images, fewer than {CALIBRATION_MIN_IMAGES}")
+        log.info("temperature scaling: T = %.2f fitted on %d validation %s, ECE %.3f -> %.3f; %s (%s)", fitted,
+                 len(labels), "pixels" if self.task.dense else "images", before, after,
+                 "applied" if applied else "not applied", reason, extra=PROGRESS)
+        return {"temperature": fitted if applied else 1.0, "temperature_fitted": fitted, "applied": applied,
+                "reason": reason, "val_ece": before, "val_ece_temperature_scaled": after}
 
     def out_of_time(self, history: list[dict]) -> bool:
         """Whether one more epoch, as slow as the slowest so far, would overrun `cfg.train_seconds` (the

@@ -52,5 +52,9 @@ def load_trained(model_pt: str, device):
     task = get_task(payload["plan"]["task"])
     model = task.wrap_network(build_model(ModelSpec(**payload["spec"])), payload["plan"])
     model.load_state_dict(payload["model"])
+    if payload.get("temperature", 1.0) != 1.0:  # fitted after training (snakescope.engine.trainer)
+        from snakescope.engine.networks import TemperatureScaled
+
+        model = TemperatureScaled(model, payload["temperature"])
     model.to(device).eval()
     return model, payload
