@@ -8,12 +8,17 @@ an annotator labels from. For each seed both strategies start from the same `sta
 Each round trains a fresh model on the labelled images for about the same number of optimiser steps
 (snakescope's own convert, train, predict, evaluate and uncertainty functions, as the workflow runs
 them), scores it on the test set, samples MC dropout on
-the still unlabelled pool and labels `add` more images: the most uncertain ones (snakescope's per-image
-score: mean normalised predictive entropy) or random ones. The table printed at the end (and written to
+the still unlabelled pool and labels `add` more images: the most uncertain ones by snakescope's per-image
+score (`uncertainty`: mean normalised predictive entropy), the most uncertain by its epistemic part
+(`bald`: mutual information between prediction and dropout mask), or random ones. The table printed at the end (and written to
 OUT/summary.txt, per round to OUT/rounds.tsv, as a figure to OUT/learning_curves.png) gives per round the
 test metric's mean ± std over the seeds, the area between the two curves, and the share of random
-picking's final labels that uncertainty picking needs to reach random picking's final score (the issue's
-goal: at most 70 %).
+picking's final labels that each score needs to reach random picking's final score (the issue's
+goal: at most 70 %). `--strategies` runs some of them; `--also` joins rounds measured earlier with the same
+settings (the runs are CPU-deterministic and only random picking draws random numbers), e.g.
+
+    .venv/bin/python bench/active_learning.py --dataset wbc --out /tmp/snakescope-al-wbc-bald --mc-samples 10 \
+        --strategies bald --also docs/measurements/active_learning_wbc_3seeds_cpu_2026-12-03.tsv
 """
 
 from __future__ import annotations
@@ -54,10 +59,11 @@ DATASETS = {
         "config": {"task": "segmentation", "data_dir": str(SHARED / "isbi2012_em_membranes"),
                    "layout": {"images": "train/image/*.png", "masks": "train/label/*.png"},
                    "patch_size": [128, 128], "batch_size": 8, "max_batches_per_epoch": 6},
-        "model": "unet_small", "metric": "iou", "start": 2, "add": 2, "rounds": 5, "steps": 60,
+        "model": "unet_small", "metric": "iou", "start": 2, "add": 2, "rounds": 4, "steps": 60,
     },
 }
-STRATEGIES = ("uncertainty", "random")
+# strategy: the column of uncertainty.csv it ranks by (None: random picking)
+STRATEGIES = {"uncertainty": "uncertainty", "bald": "mutual_information", "random": None}
 
 
 def pick(pool: list[str], uncertainty: pd.Series | None, k: int, rng: np.random.Generator) -> list[str]:
@@ -77,24 +83,27 @@ def labels_to_reach(curve: pd.DataFrame, target: float) -> float:
 
 
 def summarise(rounds: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Per strategy and round: mean and std of the metric over seeds; the area between the curves (mean
-    metric gain of uncertainty over random, averaged over rounds after the shared first one, with the
-    std of the per-seed areas) and the share of labels uncertainty picking needs to match random's end."""
+    """Per strategy and round: mean and std of the metric over seeds; per uncertainty score the area
+    between its curve and random picking's (mean metric gain over random, averaged over the rounds after
+    the shared first one, with the std of the per-seed areas) and the share of random picking's final
+    labels it needs to reach random picking's final score."""
     curves = (rounds.groupby(["strategy", "round", "n_labelled"])["metric"].agg(["mean", "std"]).reset_index())
     wide = rounds.pivot_table(index=["seed", "round"], columns="strategy", values="metric").reset_index()
     later = wide[wide["round"] > 1]
-    per_seed = (later["uncertainty"] - later["random"]).groupby(later["seed"]).mean()
     random_curve = curves[curves["strategy"] == "random"].sort_values("round")
     final_random = float(random_curve["mean"].iloc[-1])
-    needed = labels_to_reach(curves[curves["strategy"] == "uncertainty"], final_random)
-    return curves, {
-        "area_between_curves": float(per_seed.mean()),
-        "area_between_curves_std": float(per_seed.std()) if len(per_seed) > 1 else 0.0,
-        "random_final": final_random,
-        "random_final_labels": float(random_curve["n_labelled"].iloc[-1]),
-        "uncertainty_labels_to_match": needed,
-        "label_share": needed / float(random_curve["n_labelled"].iloc[-1]),
-    }
+    final_labels = float(random_curve["n_labelled"].iloc[-1])
+    summary = {"random_final": final_random, "random_final_labels": final_labels}
+    for strategy in (s for s in STRATEGIES if s != "random" and s in wide):
+        per_seed = (later[strategy] - later["random"]).groupby(later["seed"]).mean()
+        needed = labels_to_reach(curves[curves["strategy"] == strategy], final_random)
+        summary.update({
+            f"{strategy}_area_between_curves": float(per_seed.mean()),
+            f"{strategy}_area_between_curves_std": float(per_seed.std()) if len(per_seed) > 1 else 0.0,
+            f"{strategy}_labels_to_match": needed,
+            f"{strategy}_label_share": needed / final_labels,
+        })
+    return curves, summary
 
 
 def epochs_for(steps: int, n_labelled: int, settings: dict) -> int:
@@ -107,8 +116,8 @@ def epochs_for(steps: int, n_labelled: int, settings: dict) -> int:
 
 
 def train_and_score(settings: dict, model: str, prepared: Path, split: dict, pool: list[str], run: Path,
-                    metric: str, seed: int, mc_samples: int) -> tuple[float, pd.Series]:
-    """Train on split["train"], return the test metric and the pool's per-image uncertainty."""
+                    metric: str, seed: int, mc_samples: int) -> tuple[float, pd.DataFrame]:
+    """Train on split["train"], return the test metric and the pool's per-image uncertainty scores."""
     run.mkdir(parents=True, exist_ok=True)
     write_json(split, run / "splits.json")
     write_json({"train": [], "val": [], "test": pool}, run / "pool.json")
@@ -120,15 +129,17 @@ def train_and_score(settings: dict, model: str, prepared: Path, split: dict, poo
     predict_dataset(str(run / "model.pt"), *files, str(run / "splits.json"), str(run / "predict"), threads=2)
     metrics = evaluate_run(str(run / "predict"), *files, str(run / "splits.json"), str(prepared / "fingerprint.json"),
                            str(run / "evaluate"))
+    columns = [column for column in STRATEGIES.values() if column]
     if not pool:
-        return float(metrics[metric]), pd.Series(dtype=float)
+        return float(metrics[metric]), pd.DataFrame(columns=columns, dtype=float)
     estimate_uncertainty(str(run / "model.pt"), *files, str(run / "pool.json"), str(run / "uncertainty"),
                          samples=mc_samples, seed=seed, threads=2)
     table = pd.read_csv(run / "uncertainty" / "uncertainty.csv", dtype={"id": str})
-    return float(metrics[metric]), table.groupby("id")["uncertainty"].mean()
+    return float(metrics[metric]), table.groupby("id")[columns].mean()
 
 
-def simulate(name: str, spec: dict, out: Path, seeds: list[int], mc_samples: int) -> pd.DataFrame:
+def simulate(name: str, spec: dict, out: Path, seeds: list[int], mc_samples: int,
+             strategies: list[str]) -> pd.DataFrame:
     (settings,) = resolve_datasets({**spec["config"], "augmentations": ["flip", "rotate90"], "seed": 0}).values()
     prepared = out / "prepared"
     if not (prepared / "fingerprint.json").is_file():
@@ -139,10 +150,10 @@ def simulate(name: str, spec: dict, out: Path, seeds: list[int], mc_samples: int
     for seed in seeds:
         rng = np.random.default_rng(seed)
         start = pick(fixed["train"], None, spec["start"], rng)
-        labelled = dict.fromkeys(STRATEGIES, start)
+        labelled = dict.fromkeys(strategies, start)
         first = None  # round 1 is the same for both strategies: trained once
         for round_ in range(1, spec["rounds"] + 1):
-            for strategy in STRATEGIES:
+            for strategy in strategies:
                 chosen = labelled[strategy]
                 pool = [i for i in fixed["train"] if i not in chosen]
                 split = {"train": chosen, "val": fixed["val"], "test": fixed["test"]}
@@ -160,7 +171,8 @@ def simulate(name: str, spec: dict, out: Path, seeds: list[int], mc_samples: int
                 print(f"{name} seed {seed} {strategy:>11} round {round_}: {len(chosen):4d} labelled, "
                       f"test {spec['metric']} {score:.4f}", flush=True)
                 pd.DataFrame(rows).to_csv(out / "rounds.tsv", sep="\t", index=False)  # kept if stopped early
-                picked = pick(pool, uncertainty if strategy == "uncertainty" else None, spec["add"], rng)
+                column = STRATEGIES[strategy]
+                picked = pick(pool, uncertainty[column] if column else None, spec["add"], rng)
                 labelled[strategy] = chosen + picked
     return pd.DataFrame(rows)
 
@@ -191,12 +203,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--mc-samples", type=int, default=20)
     parser.add_argument("--rounds", type=int, help="override the dataset's number of rounds")
     parser.add_argument("--steps", type=int, help="override the dataset's optimiser steps per training")
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
+    parser.add_argument("--also", type=Path, nargs="*", default=[],
+                        help="rounds.tsv files measured earlier with the same settings, joined before summarising")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     spec = {**DATASETS[args.dataset]}
     spec.update({key: value for key, value in (("rounds", args.rounds), ("steps", args.steps)) if value})
     args.out.mkdir(parents=True, exist_ok=True)
-    rounds = simulate(args.dataset, spec, args.out, args.seeds, args.mc_samples)
+    rounds = simulate(args.dataset, spec, args.out, args.seeds, args.mc_samples, args.strategies)
+    rounds = pd.concat([rounds, *(pd.read_csv(path, sep="\t") for path in args.also)], ignore_index=True)
+    rounds = rounds[rounds["seed"].isin(args.seeds)].drop_duplicates(["seed", "strategy", "round"])
+    rounds.to_csv(args.out / "rounds.tsv", sep="\t", index=False)
     curves, summary = summarise(rounds)
     learning_curves_figure(curves, spec["metric"], f"{args.dataset}: {spec['model']}, {len(args.seeds)} seeds",
                            args.out / "learning_curves.png")

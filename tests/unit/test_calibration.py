@@ -10,7 +10,13 @@ import tifffile
 from snakescope.engine.checkpoint import read_model
 from snakescope.engine.trainer import CALIBRATION_MIN_IMAGES
 from snakescope.io import read_json
-from snakescope.uncertainty_measures import fit_temperature, reliability_bins, softmax
+from snakescope.uncertainty_measures import (
+    fit_temperature,
+    mutual_information,
+    normalised_entropy,
+    reliability_bins,
+    softmax,
+)
 
 
 def test_expected_calibration_error_by_hand():
@@ -34,6 +40,17 @@ def test_temperature_scaling_finds_the_temperature_that_made_the_labels():
     assert before > 0.1 and after < 0.02
 
 
+def test_mutual_information_is_the_disagreement_between_the_dropout_samples():
+    # (samples, images, classes): image 0 every sample unsure, image 1 samples sure but split, image 2 sure
+    probabilities = np.array([[[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]],
+                              [[0.5, 0.5], [0.0, 1.0], [1.0, 0.0]]])
+    np.testing.assert_allclose(normalised_entropy(probabilities.mean(0), axis=1), [1, 1, 0], atol=1e-9)
+    np.testing.assert_allclose(mutual_information(probabilities, axis=2), [0, 1, 0], atol=1e-9)
+    # per pixel: (samples, classes, y, x), the same three cases side by side
+    maps = probabilities.transpose(0, 2, 1)[:, :, None, :]
+    np.testing.assert_allclose(mutual_information(maps, axis=1), [[0, 1, 0]], atol=1e-9)
+
+
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_the_uncertainty_stage_reports_the_calibration_of_what_predict_wrote(small_run, tmp_path, task):
     from snakescope.predict import predict_dataset
@@ -46,6 +63,9 @@ def test_the_uncertainty_stage_reports_the_calibration_of_what_predict_wrote(sma
     assert summary["calibration_unit"] == ("images" if task == "classification" else "pixels")
     assert (tmp_path / "uncertainty/reliability.png").is_file()
     assert read_json(tmp_path / "uncertainty/summary.json")["ece"] == summary["ece"]
+    scores = pd.read_csv(tmp_path / "uncertainty/uncertainty.csv")
+    assert scores["mutual_information"].between(0, 1).all()
+    assert (scores["mutual_information"] <= scores["uncertainty"] + 1e-6).all()  # the epistemic part of it
     # the same ECE from what `predict` wrote: per image its probabilities, per pixel its probability maps
     predict_dataset(*inputs, str(tmp_path / "predict"), device="cpu")
     predictions = pd.read_csv(tmp_path / "predict/predictions.csv")

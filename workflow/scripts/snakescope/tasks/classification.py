@@ -18,7 +18,7 @@ import pandas as pd
 
 from snakescope.io import natural_key, save_figure
 from snakescope.tasks.base import Predictor, Task, batched
-from snakescope.uncertainty_measures import normalised_entropy, tracks_error
+from snakescope.uncertainty_measures import mutual_information, normalised_entropy, tracks_error
 
 PREDICT_BATCH = 64
 
@@ -153,6 +153,7 @@ class Classification(Task):
             probabilities = sample_dropout(model, images, payload["plan"], samples, self.mc_rows_per_pass,
                                            activation=lambda logits: torch.softmax(logits, dim=1)).numpy()
             mean = probabilities.mean(0)  # (N, K)
+            bald = mutual_information(probabilities, axis=2)
             for index, item in enumerate(chunk):
                 predicted = int(mean[index].argmax())
                 known = "label" in item  # new images (snakescope.apply) have none
@@ -163,6 +164,7 @@ class Classification(Task):
                     **({"correct": bool(predicted == item["label"])} if known else {}),
                     "uncertainty": float(normalised_entropy(mean[index])),
                     "predictive_entropy": float(normalised_entropy(mean[index]) * np.log(len(classes))),
+                    "mutual_information": float(bald[index]),
                     "std_of_predicted_class": float(probabilities[:, index, predicted].std()),
                     **{f"mc_prob_{c}": float(v) for c, v in zip(classes, mean[index], strict=True)},
                 })

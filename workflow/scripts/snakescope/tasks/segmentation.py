@@ -24,7 +24,7 @@ from snakescope.images import object_areas, read_mask, resize_image
 from snakescope.io import InputError, save_figure, write_tiff
 from snakescope.plots import displayable, orthogonal_views
 from snakescope.tasks.base import Predictor, Task
-from snakescope.uncertainty_measures import normalised_entropy, tracks_error
+from snakescope.uncertainty_measures import mutual_information, normalised_entropy, tracks_error
 
 MAX_MASK_VALUES = 64  # more distinct values than this means a lossy (JPEG) or intensity image, not labels
 INSTANCE_LIKE_VALUES = 20  # a semantic mask with this many values, each one region, holds object ids
@@ -304,7 +304,9 @@ class Segmentation(Task):
             mean = probabilities.mean(0)  # (K, *spatial)
             uncertainty = normalised_entropy(mean, axis=0).astype(np.float32)
             write_tiff(uncertainty, out / f"{item['id']}_uncertainty.tif", axes="YX" if uncertainty.ndim == 2 else "ZYX")
-            row = {"id": item["id"], "uncertainty": float(uncertainty.mean()), "map": f"{item['id']}_uncertainty.tif"}
+            row = {"id": item["id"], "uncertainty": float(uncertainty.mean()),
+                   "mutual_information": float(mutual_information(probabilities, axis=1).mean()),
+                   "map": f"{item['id']}_uncertainty.tif"}
             if "label" in item:
                 correct = mean.argmax(0) == item["label"][0]
                 row["pixel_error"] = float(1 - correct.mean())
