@@ -3,9 +3,9 @@
 The classification and segmentation score is the predictive entropy of the mean MC-dropout
 probabilities, divided by log(K) so it lies in [0, 1] whatever the number of classes K (0: all samples
 agree on one class with certainty; 1: uniform). Its epistemic part, the mutual information between the
-prediction and the dropout mask (BALD, Houlsby et al. 2011; Gal et al., ICML 2017), is written next to it:
-high only where the samples disagree, not where each sample is unsure on its own. Whether an uncertainty is useful is read from the
-accuracy (or error) of the most certain share of images, pixels or objects against the rest.
+prediction and the dropout mask (BALD, Houlsby et al. 2011; Gal et al., ICML 2017), is written next to
+it: high only where the samples disagree, not where each sample is unsure on its own. Whether an
+uncertainty is useful is read from the accuracy (or error) of the most certain share of images, pixels or objects against the rest.
 Whether the network's probabilities can be trusted is read from its expected calibration error and a
 reliability diagram, before and after temperature scaling.
 """
@@ -24,12 +24,12 @@ def normalised_entropy(mean_probabilities: np.ndarray, axis: int = 0) -> np.ndar
     return -(p * np.log(p)).sum(axis=axis) / np.log(k)
 
 
-def mutual_information(probabilities: np.ndarray, axis: int = 1) -> np.ndarray:
-    """BALD score of MC-dropout class probabilities (samples first, classes along `axis`): the entropy of
-    the mean minus the mean of the samples' entropies, divided by log(K) like `normalised_entropy`."""
-    mean = probabilities.mean(axis=0)
+def mutual_information(probabilities: np.ndarray, entropy_of_mean: np.ndarray, axis: int) -> np.ndarray:
+    """BALD score of MC-dropout class probabilities (samples first, classes along `axis`): the normalised
+    entropy of the mean (which the caller has already computed for its own score) minus the mean of the
+    samples' normalised entropies."""
     expected = normalised_entropy(probabilities, axis=axis).mean(axis=0)
-    return np.maximum(normalised_entropy(mean, axis=axis - 1) - expected, 0.0)
+    return np.maximum(entropy_of_mean - expected, 0.0)
 
 
 def most_certain(uncertainty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -153,7 +153,8 @@ class Classification(Task):
             probabilities = sample_dropout(model, images, payload["plan"], samples, self.mc_rows_per_pass,
                                            activation=lambda logits: torch.softmax(logits, dim=1)).numpy()
             mean = probabilities.mean(0)  # (N, K)
-            bald = mutual_information(probabilities, axis=2)
+            entropy = normalised_entropy(mean, axis=1)
+            bald = mutual_information(probabilities, entropy, axis=2)
             for index, item in enumerate(chunk):
                 predicted = int(mean[index].argmax())
                 known = "label" in item  # new images (snakescope.apply) have none
@@ -162,8 +163,8 @@ class Classification(Task):
                     **({"true_label": classes[item["label"]]} if known else {}),
                     "mc_predicted_label": classes[predicted],
                     **({"correct": bool(predicted == item["label"])} if known else {}),
-                    "uncertainty": float(normalised_entropy(mean[index])),
-                    "predictive_entropy": float(normalised_entropy(mean[index]) * np.log(len(classes))),
+                    "uncertainty": float(entropy[index]),
+                    "predictive_entropy": float(entropy[index] * np.log(len(classes))),
                     "mutual_information": float(bald[index]),
                     "std_of_predicted_class": float(probabilities[:, index, predicted].std()),
                     **{f"mc_prob_{c}": float(v) for c, v in zip(classes, mean[index], strict=True)},

@@ -305,7 +305,7 @@ class Segmentation(Task):
             uncertainty = normalised_entropy(mean, axis=0).astype(np.float32)
             write_tiff(uncertainty, out / f"{item['id']}_uncertainty.tif", axes="YX" if uncertainty.ndim == 2 else "ZYX")
             row = {"id": item["id"], "uncertainty": float(uncertainty.mean()),
-                   "mutual_information": float(mutual_information(probabilities, axis=1).mean()),
+                   "mutual_information": float(mutual_information(probabilities, uncertainty, axis=1).mean()),
                    "map": f"{item['id']}_uncertainty.tif"}
             if "label" in item:
                 correct = mean.argmax(0) == item["label"][0]
