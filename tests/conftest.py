@@ -29,7 +29,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
-    """small_run(task) -> (folder with model.pt, the data folder, its prepared/ arrays.npz, samples.tsv and
+    """small_run(task) -> (folder with model.pt, the data folder, its prepared/ arrays.zarr, samples.tsv and
     splits.json): a small model of `task` (tests/unit/small_runs.py), trained once per session."""
     from small_runs import SMALL_RUNS, regression_data, train_small  # torch: only when a test asks
 

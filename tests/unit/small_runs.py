@@ -41,11 +41,11 @@ def train_small(root, config: dict, model: str):
     (settings,) = resolve_datasets({**config, "epochs": 1, "batch_size": 4, "augmentations": ["flip"],
                                     "device": "cpu"}).values()
     out = root / "prepared"
-    convert_dataset(stage_settings(settings, "convert"), out / "arrays.npz", out / "samples.tsv",
+    convert_dataset(stage_settings(settings, "convert"), out / "arrays.zarr", out / "samples.tsv",
                     out / "fingerprint.json")
     write_split(str(out / "samples.tsv"), stage_settings(settings, "split"), str(out / "splits.json"))
     write_json(make_plan(settings, read_json(out / "fingerprint.json")), out / "plan.json")
-    fit(str(out / "arrays.npz"), str(out / "samples.tsv"), str(out / "splits.json"), str(out / "plan.json"),
+    fit(str(out / "arrays.zarr"), str(out / "samples.tsv"), str(out / "splits.json"), str(out / "plan.json"),
         str(out / "fingerprint.json"), TrainConfig.from_settings(settings, model=model, seed=0),
         str(root / "model.pt"), str(root / "history.tsv"), str(root / "card.json"), str(root), threads=1)
     return settings, out

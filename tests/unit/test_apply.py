@@ -36,7 +36,7 @@ def new_images(folder, out):
 
 
 def run_data(prepared):
-    return training_data(str(prepared / "arrays.npz"), str(prepared / "samples.tsv"), str(prepared / "splits.json"))
+    return training_data(str(prepared / "arrays.zarr"), str(prepared / "samples.tsv"), str(prepared / "splits.json"))
 
 
 def test_segmentation_from_the_run_equals_predict_and_ranks_by_uncertainty(small_run, tmp_path):
@@ -47,7 +47,7 @@ def test_segmentation_from_the_run_equals_predict_and_ranks_by_uncertainty(small
     for sample_id in test_ids:
         shutil.copy(folder / "image" / f"{sample_id}.tif", images)
     ranking = apply_model(str(root), str(images), str(tmp_path / "applied"), mc_samples=4, device="cpu")
-    predict_dataset(str(root / "model.pt"), str(prepared / "arrays.npz"), str(prepared / "samples.tsv"),
+    predict_dataset(str(root / "model.pt"), str(prepared / "arrays.zarr"), str(prepared / "samples.tsv"),
                     str(prepared / "splits.json"), str(tmp_path / "predict"), device="cpu")
     for sample_id in test_ids:  # the same files, read and normalised the same way: the same output
         applied = tifffile.imread(tmp_path / "applied/predictions" / f"{sample_id}_prob.tif")
@@ -74,7 +74,7 @@ def test_run_and_exported_package_give_the_same_predictions(task, small_run, tmp
     images = new_images(folder, tmp_path / "new")
     from_run = apply_model(str(root / "model.pt"), str(images), str(tmp_path / "run"), training=run_data(prepared),
                            mc_samples=3, device="cpu")
-    export_model(str(root / "model.pt"), str(prepared / "arrays.npz"), str(prepared / "splits.json"), {},
+    export_model(str(root / "model.pt"), str(prepared / "arrays.zarr"), str(prepared / "splits.json"), {},
                  str(tmp_path / "export"), test=False)
     from_package = apply_model(str(tmp_path / "export/package.zip"), str(images), str(tmp_path / "package"),
                                mc_samples=3, device="cpu")
@@ -160,7 +160,7 @@ def test_apply_entries_resolve_runs_of_ours_and_files(small_run, tmp_path, monke
     resolved = resolve_applications(config, datasets)
     assert resolved["ours"] == {
         "model": "results/cells/unet/seed2/train/model.pt", "images": str(folder / "image"),
-        "training": {"arrays": "results/cells/convert/arrays.npz", "samples": "results/cells/convert/samples.tsv",
+        "training": {"arrays": "results/cells/convert/arrays.zarr", "samples": "results/cells/convert/samples.tsv",
                      "split": "results/cells/split/splits.json"},
         "mc_samples": 7, "threshold": "otsu", "device": "auto", "seed": 2}
     assert resolved["file"]["model"] == str(root / "model.pt") and resolved["file"]["training"] is None

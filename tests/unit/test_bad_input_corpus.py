@@ -524,13 +524,13 @@ def run_case(case: Case, tmp_path: Path, caplog) -> tuple[str, str]:
     try:
         (settings,) = resolve_datasets(config, base_dir=tmp_path).values()
         stage = "convert"
-        convert_dataset(stage_settings(settings, "convert"), out / "arrays.npz", out / "samples.tsv",
+        convert_dataset(stage_settings(settings, "convert"), out / "arrays.zarr", out / "samples.tsv",
                         out / "fingerprint.json")
         stage = "split"
         write_split(str(out / "samples.tsv"), stage_settings(settings, "split"), str(out / "splits.json"))
     except UserError as error:
         outcome, text = STOP, str(error)
-        written = {"config": ["arrays.npz"], "convert": ["arrays.npz"], "split": ["splits.json"]}[stage]
+        written = {"config": ["arrays.zarr"], "convert": ["arrays.zarr"], "split": ["splits.json"]}[stage]
         assert not any((out / name).exists() for name in written), f"a stopped {stage} left its output behind"
     else:
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING

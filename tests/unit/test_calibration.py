@@ -10,6 +10,7 @@ import tifffile
 from snakescope.engine.checkpoint import read_model
 from snakescope.engine.trainer import CALIBRATION_MIN_IMAGES
 from snakescope.io import read_json
+from snakescope.store import open_store
 from snakescope.uncertainty_measures import (
     fit_temperature,
     mutual_information,
@@ -59,7 +60,7 @@ def test_the_uncertainty_stage_reports_the_calibration_of_what_predict_wrote(sma
     from snakescope.uncertainty import estimate_uncertainty
 
     root, _, prepared = small_run(task)
-    inputs = [str(root / "model.pt"), str(prepared / "arrays.npz"), str(prepared / "samples.tsv"),
+    inputs = [str(root / "model.pt"), str(prepared / "arrays.zarr"), str(prepared / "samples.tsv"),
               str(prepared / "splits.json")]
     summary = estimate_uncertainty(*inputs, str(tmp_path / "uncertainty"), samples=2, device="cpu")
     assert summary["calibration_unit"] == ("images" if task == "classification" else "pixels")
@@ -79,7 +80,7 @@ def test_the_uncertainty_stage_reports_the_calibration_of_what_predict_wrote(sma
     else:  # 32 x 32 test images: every pixel is taken
         maps = [tifffile.imread(tmp_path / "predict" / name) for name in predictions["prob"]]
         probabilities = np.concatenate([m.reshape(len(m), -1).T for m in maps])
-        with np.load(prepared / "arrays.npz") as arrays:
+        with open_store(prepared / "arrays.zarr") as arrays:
             labels = np.concatenate([arrays[f"target/{i}"].ravel() for i in predictions["id"]])
     # predict writes the probabilities of the temperature training chose (1 = the network's own)
     written = summary["ece_temperature_scaled"] if summary["temperature_applied"] != 1.0 else summary["ece"]
@@ -92,7 +93,7 @@ def test_the_test_images_are_ranked_for_annotation(small_run, tmp_path, task):
     from snakescope.uncertainty import estimate_uncertainty
 
     root, _, prepared = small_run(task)
-    estimate_uncertainty(str(root / "model.pt"), str(prepared / "arrays.npz"), str(prepared / "samples.tsv"),
+    estimate_uncertainty(str(root / "model.pt"), str(prepared / "arrays.zarr"), str(prepared / "samples.tsv"),
                          str(prepared / "splits.json"), str(tmp_path), samples=3, device="cpu")
     ranking = pd.read_csv(tmp_path / "annotate_next.tsv", sep="\t", dtype={"id": str})
     assert sorted(ranking["id"]) == sorted(read_json(prepared / "splits.json")["test"])

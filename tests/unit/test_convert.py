@@ -21,6 +21,7 @@ from snakescope.convert import convert_dataset, discover_samples, list_input_fil
 from snakescope.images import read_mask, resize_image, to_channels_first
 from snakescope.io import InputError, file_checksum
 from snakescope.split import make_split
+from snakescope.store import open_store
 
 SIZE = 24
 SCHEMA = load_schema()
@@ -102,14 +103,14 @@ def snapshot(folder: Path) -> dict[str, tuple]:
 
 def outputs(tmp_path: Path) -> tuple[Path, Path, Path]:
     out = tmp_path / "results"
-    return out / "arrays.npz", out / "samples.tsv", out / "fingerprint.json"
+    return out / "arrays.zarr", out / "samples.tsv", out / "fingerprint.json"
 
 
 def convert(settings: dict, tmp_path: Path) -> tuple[dict, pd.DataFrame, dict]:
     arrays, samples, fingerprint_path = outputs(tmp_path)
     fingerprint = convert_dataset(settings, arrays, samples, fingerprint_path)
-    with np.load(arrays) as npz:
-        packed = {k: npz[k] for k in npz.files}
+    with open_store(arrays) as store:
+        packed = {k: store[k] for k in store.keys()}
     table = pd.read_csv(samples, sep="\t", dtype=str, keep_default_na=False)
     return fingerprint, table, packed
 
@@ -275,7 +276,7 @@ def test_convert_leaves_no_temporary_files(tmp_path):
     data = instantdl_segmentation(tmp_path / "data", ["a", "b"])
     convert(settings_for(data, task="segmentation"), tmp_path)
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
-        "arrays.npz",
+        "arrays.zarr",
         "fingerprint.json",
         "samples.tsv",
     ]
@@ -651,3 +652,39 @@ def test_snapshot_notices_a_change(tmp_path):
     before = snapshot(data)
     os.utime(data / "image" / "a.png", ns=(0, 0))
     assert snapshot(data) != before
+
+
+@pytest.mark.parametrize(
+    ("config", "n_arrays"),
+    [
+        # 9 tiles of each of 3 images, each with its 0/128/255 mask encoded
+        ({"task": "segmentation", "layout": {"tile_size": [8, 8]}}, 2 * 27),
+        # instances derived from the masks in place
+        ({"task": "instance_segmentation", "layout": {"mask_foreground": True}}, 2 * 3),
+    ],
+)
+def test_convert_with_no_memory_to_spare_spills_to_disk_and_packs_the_same(tmp_path, monkeypatch, config, n_arrays):
+    """With no memory budget every image read waits on disk (SpilledArrays); the result is the same."""
+    import snakescope.convert as convert_module
+
+    data = instantdl_segmentation(tmp_path / "data", ["a", "b", "c"])
+    in_memory = convert(settings_for(data, **config), tmp_path / "memory")
+    spilled_sizes = []
+    original = convert_module.SpilledArrays
+
+    def spilling(folder, memory_budget):
+        spilled_sizes.append(memory_budget)
+        return original(folder, memory_budget)
+
+    monkeypatch.setattr(convert_module, "usable_memory_bytes", lambda: 0)
+    monkeypatch.setattr(convert_module, "SpilledArrays", spilling)
+    on_disk = convert(settings_for(data, **config), tmp_path / "disk")
+    assert set(spilled_sizes) == {0}
+    assert on_disk[0] == in_memory[0]  # fingerprint
+    pd.testing.assert_frame_equal(on_disk[1], in_memory[1])
+    assert on_disk[2].keys() == in_memory[2].keys() and len(on_disk[2]) == n_arrays
+    for key, array in in_memory[2].items():
+        assert on_disk[2][key].dtype == array.dtype
+        np.testing.assert_array_equal(on_disk[2][key], array)
+    assert sorted(p.name for p in (tmp_path / "disk" / "results").iterdir()) == [
+        "arrays.zarr", "fingerprint.json", "samples.tsv"]

@@ -116,18 +116,19 @@ def test_classification_labels_are_not_transformed():
     assert len(batches) == 2 and labels.shape == (8,) and labels.dtype == torch.int64
 
 
-def test_fit_repeats_exactly_on_cpu(tmp_path):
+@pytest.mark.parametrize("data_path", ["memory", "stream"])
+def test_fit_repeats_exactly_on_cpu(tmp_path, data_path):
     from snakescope.augment import make_plan
     from snakescope.config import TrainConfig
+    from snakescope.store import write_store
     from snakescope.train import fit
 
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in range(12)]
-    arrays = {}
-    for sample_id in ids:
-        arrays[f"image/{sample_id}"] = rng.gamma(4.0, 50.0, (1, 40, 40)).astype(np.float32)
-        arrays[f"target/{sample_id}"] = rng.integers(0, 2, (40, 40)).astype(np.int64)
-    np.savez(tmp_path / "arrays.npz", **arrays)
+    with write_store(tmp_path / "arrays.zarr") as store:
+        for sample_id in ids:
+            store.add(sample_id, rng.gamma(4.0, 50.0, (1, 40, 40)).astype(np.float32),
+                      rng.integers(0, 2, (40, 40)).astype(np.int64))
     pd.DataFrame({"id": ids, "label": [""] * 12, "label_index": [-1] * 12}).to_csv(
         tmp_path / "samples.tsv", sep="\t", index=False
     )
@@ -146,6 +147,7 @@ def test_fit_repeats_exactly_on_cpu(tmp_path):
         "seed": 3,
         "patch_size": [32, 32],
         "augmentations": ["flip", "rotate90"],
+        "data_path": data_path,
     }
     (tmp_path / "plan.json").write_text(json.dumps(make_plan(settings, fingerprint)))
     cfg = TrainConfig(
@@ -168,7 +170,7 @@ def test_fit_repeats_exactly_on_cpu(tmp_path):
         out = tmp_path / run
         out.mkdir()
         fit(
-            str(tmp_path / "arrays.npz"),
+            str(tmp_path / "arrays.zarr"),
             str(tmp_path / "samples.tsv"),
             str(tmp_path / "split.json"),
             str(tmp_path / "plan.json"),
@@ -181,6 +183,8 @@ def test_fit_repeats_exactly_on_cpu(tmp_path):
         )
         histories.append(pd.read_csv(out / "history.csv")[["train_loss", "val_loss"]].to_numpy())
     assert np.array_equal(histories[0], histories[1])
+    training = json.loads((tmp_path / "a" / "card.json").read_text())["training"]
+    assert training["data_path"] == data_path and training["data_path_reason"].startswith(f"data_path: {data_path}")
 
 
 @pytest.mark.parametrize("augmentations", [["flip", "rotate90"], ["flip", "rotate90", "gaussian_noise"]])
@@ -201,3 +205,71 @@ def test_process_shards_of_a_global_batch_are_exactly_its_batch(augmentations):
         assert torch.equal(batch, torch.cat([a, b]))
     with pytest.raises(ValueError, match="batch_size 6 .* does not split into 4 training processes"):
         TrainBatches(items * 2, plan, 6, "cpu", shard=(0, 4))
+
+
+def test_streamed_items_are_the_loaded_items_and_give_the_same_batches(tmp_path):
+    """StoredItems reads from the store what load_items loads, and an epoch streamed through the
+    DataLoader is exactly the epoch of the same items held in memory (same crops and augmentations)."""
+    from snakescope.engine.items import StoredItems, image_shapes, load_items
+    from snakescope.store import write_store
+
+    items = _segmentation_items(n=7, size=24)
+    items[3]["image"] = np.random.default_rng(1).random((1, 30, 24), dtype=np.float32)  # sizes may differ
+    items[3]["label"] = np.zeros((1, 30, 24), dtype=np.int64)
+    with write_store(tmp_path / "arrays.zarr") as store:
+        for item in items:
+            store.add(item["id"], item["image"], item["label"][0])
+    plan = _plan("segmentation", ["flip", "rotate90", "gaussian_noise"], [16, 16])
+    ids = [item["id"] for item in items]
+
+    def read_label(arrays, sample_id):
+        return arrays[f"target/{sample_id}"][None].astype(np.int64)
+
+    loaded = load_items(str(tmp_path / "arrays.zarr"), ids, plan, read_label)
+    streamed = StoredItems(str(tmp_path / "arrays.zarr"), ids, plan, read_label)
+    assert len(streamed) == 7 and len(streamed * 2) == 14 and [it["id"] for it in streamed[1:3]] == ["1", "2"]
+    assert image_shapes(streamed) == image_shapes(loaded) == [(1, 24, 24)] * 3 + [(1, 30, 24)] + [(1, 24, 24)] * 3
+    for a, b in zip(loaded, streamed, strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+    def epoch(source) -> list[torch.Tensor]:
+        batches = TrainBatches(source * 2, plan, 4, "cpu", generator=torch.Generator().manual_seed(5))
+        assert batches.mode == "loader"
+        return [torch.cat([b["image"], b["label"].float()], dim=1) for b in batches]
+
+    in_memory, from_store = epoch(loaded), epoch(streamed)
+    assert len(in_memory) == 14 // 4
+    for a, b in zip(in_memory, from_store, strict=True):
+        assert torch.equal(a, b)
+    # without per-image augmentations both take the tensor path (crops, flips and turns batched), the
+    # streamed one reading each batch's images from the store: again the same batches
+    plain = _plan("segmentation", ["flip", "rotate90"], [16, 16])
+
+    def tensor_epoch(source) -> list[torch.Tensor]:
+        batches = TrainBatches(source * 2, plain, 4, "cpu", generator=torch.Generator().manual_seed(6))
+        assert batches.mode == "tensor"
+        return [torch.cat([b["image"], b["label"].float()], dim=1) for b in batches]
+
+    streamed_plain = StoredItems(str(tmp_path / "arrays.zarr"), ids, plain, read_label)
+    for a, b in zip(tensor_epoch(loaded), tensor_epoch(streamed_plain), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_data_path_is_chosen_from_the_dataset_size_and_the_memory_of_the_job():
+    from snakescope.augment import plan_data_path
+    from snakescope.engine.items import choose_data_path
+
+    fingerprint = {"n_images": 100, "shape_median": [512, 512], "channels": 3}
+    planned = plan_data_path("auto", fingerprint, dense=True)
+    assert planned == {"mode": "auto", "dataset_bytes": 100 * 512 * 512 * 13}  # float32 RGB + uint8 mask
+    assert plan_data_path("auto", fingerprint, dense=False)["dataset_bytes"] == 100 * 512 * 512 * 12
+    # 0.32 GiB: in memory where a quarter of the job's memory holds it, streamed where it does not
+    mode, reason = choose_data_path({"data_path": planned}, usable_bytes=2 * 2**30)
+    assert mode == "memory" and reason == (
+        "the dataset takes about 0.32 GiB in memory, at most 25% of the 2.0 GiB this job may use")
+    mode, reason = choose_data_path({"data_path": planned}, usable_bytes=2**30)
+    assert mode == "stream" and reason.endswith("more than 25% of the 1.0 GiB this job may use")
+    forced = {"data_path": plan_data_path("memory", fingerprint, dense=True)}
+    assert choose_data_path(forced, usable_bytes=2**30)[0] == "memory"
+    assert choose_data_path({}, usable_bytes=2**30)[0] == "memory"  # a plan from before streaming

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_exported_package_passes_bioimageio_test(task, small_run, tmp_path):
     root, _, prepared = small_run(task)
     model = SMALL_RUNS[task][1]
-    record = export_model(str(root / "model.pt"), str(prepared / "arrays.npz"), str(prepared / "splits.json"),
+    record = export_model(str(root / "model.pt"), str(prepared / "arrays.zarr"), str(prepared / "splits.json"),
                           {"export_authors": ["A. Biologist"], "export_license": "CC-BY-4.0",
                            "export_cite": [{"text": "Our paper", "url": "https://example.org/paper"}]},
                           str(tmp_path / "export"), run_info={"dataset": "cells", "model": model, "seed": 0})

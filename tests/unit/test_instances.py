@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from snakescope.engine import networks
+from snakescope.store import open_store
 from snakescope.tasks import instance_segmentation
 from snakescope.tasks.instance_segmentation import detector, metrics
 from snakescope.tasks.instance_segmentation import labels as label_images
@@ -325,11 +326,11 @@ def test_convert_derives_instances_from_binary_masks(tmp_path):
     settings = next(iter(resolve_datasets(config).values()))
     out = tmp_path / "out"
     fingerprint = convert_dataset(
-        stage_settings(settings, "convert"), out / "arrays.npz", out / "samples.tsv", out / "fingerprint.json"
+        stage_settings(settings, "convert"), out / "arrays.zarr", out / "samples.tsv", out / "fingerprint.json"
     )
     assert fingerprint["instances_derived_from_binary"]
     assert fingerprint["n_objects"] == 12 and fingerprint["objects_per_image"]["median"] == 3
     assert fingerprint["num_classes"] == 3
-    with np.load(out / "arrays.npz") as arrays:
+    with open_store(out / "arrays.zarr") as arrays:
         target = arrays["target/im0"]
     assert target.max() == 3 and target[32, 20] != target[32, 36]  # the touching pair is split

@@ -187,7 +187,7 @@ def test_atomic_path_success_renames_with_umask_permissions(tmp_path):
         tmp.write_text("a\tb\n")
     assert final.read_text() == "a\tb\n"
     assert [p.name for p in tmp_path.iterdir()] == ["result.tsv"]
-    assert stat.S_IMODE(final.stat().st_mode) == 0o666 & ~sio._UMASK
+    assert stat.S_IMODE(final.stat().st_mode) == 0o666 & ~sio.UMASK
 
 
 def test_write_json_numpy_types_round_trip(tmp_path):

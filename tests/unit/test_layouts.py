@@ -20,6 +20,7 @@ from snakescope.convert.layouts import detect_layouts
 from snakescope.convert.samples import MULTI_FILE_SEPARATOR
 from snakescope.images import to_channels_first
 from snakescope.io import InputError, file_checksum, read_image
+from snakescope.store import open_store
 
 SCHEMA = load_schema()
 SIZE = 24
@@ -52,9 +53,9 @@ def save(path: Path, array: np.ndarray) -> Path:
 
 def convert(settings: dict, tmp_path: Path) -> tuple[dict, pd.DataFrame, dict]:
     out = tmp_path / "results"
-    fingerprint = convert_dataset(settings, out / "arrays.npz", out / "samples.tsv", out / "fingerprint.json")
-    with np.load(out / "arrays.npz") as npz:
-        packed = {k: npz[k] for k in npz.files}
+    fingerprint = convert_dataset(settings, out / "arrays.zarr", out / "samples.tsv", out / "fingerprint.json")
+    with open_store(out / "arrays.zarr") as store:
+        packed = {k: store[k] for k in store.keys()}
     return fingerprint, pd.read_csv(out / "samples.tsv", sep="\t", dtype=str, keep_default_na=False), packed
 
 

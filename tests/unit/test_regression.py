@@ -16,6 +16,7 @@ from snakescope.convert import (
 )
 from snakescope.io import InputError, read_json
 from snakescope.plots import orthogonal_views
+from snakescope.store import open_store
 from snakescope.tasks.regression.metrics import (
     baseline_kind,
     baseline_prediction,
@@ -217,11 +218,11 @@ def test_convert_reads_float_targets_and_records_target_channels_and_range(denoi
     }
     out = tmp_path / "out"
     fingerprint = convert_dataset(
-        _settings(denoising_dir, layout), out / "a.npz", out / "s.tsv", out / "f.json"
+        _settings(denoising_dir, layout), out / "a.zarr", out / "s.tsv", out / "f.json"
     )
     assert fingerprint["target_channels"] == 1
     assert fingerprint["target_data_range"] == 255.0  # uint8 targets
-    with np.load(out / "a.npz") as arrays:
+    with open_store(out / "a.zarr") as arrays:
         target = arrays["target/1_frame0"]
         assert target.dtype == np.float32 and target.shape == (32, 32)
         expected = np.asarray(Image.open(denoising_dir / "gt" / "1" / "avg.png"), dtype=np.float32)
@@ -266,11 +267,11 @@ def test_key_value_fields_stack_slices_in_order_and_tile_spatially(tmp_path) -> 
     assert stacked.shape == (3, 64, 64)
     assert [int(stacked[c, 0, 0]) for c in range(3)] == [100, 300, 1100]  # z 0, 2, 10
     out = tmp_path / "out"
-    fingerprint = convert_dataset(settings, out / "a.npz", out / "s.tsv", out / "f.json")
+    fingerprint = convert_dataset(settings, out / "a.zarr", out / "s.tsv", out / "f.json")
     assert fingerprint["channels"] == 3 and fingerprint["n_images"] == 8
     assert fingerprint["n_by_subset"] == {"unsplit": 4, "test": 4}
     assert fingerprint["target_data_range"] == 65535.0
-    with np.load(out / "a.npz") as arrays:
+    with open_store(out / "a.zarr") as arrays:
         assert arrays["image/A4_y32_x32"].shape == (3, 32, 32)
         assert arrays["target/A4_y32_x32"].shape == (32, 32)
 
@@ -325,10 +326,10 @@ def test_volume_segmentation_with_foreground_masks_and_3d_tiles(tmp_path) -> Non
     }
     settings = _settings(tmp_path, layout, task="segmentation", patch_size=(8, 8, 8))
     out = tmp_path / "out"
-    fingerprint = convert_dataset(settings, out / "a.npz", out / "s.tsv", out / "f.json")
+    fingerprint = convert_dataset(settings, out / "a.zarr", out / "s.tsv", out / "f.json")
     assert fingerprint["spatial_dims"] == 3 and fingerprint["num_classes"] == 2
     assert fingerprint["n_by_subset"] == {"unsplit": 6, "test": 3}
-    with np.load(out / "a.npz") as arrays:
+    with open_store(out / "a.zarr") as arrays:
         assert arrays["image/img3d_y10_x20"].shape == (1, 12, 10, 10)
         mask = arrays["target/img3d_y10_x20"]
         np.testing.assert_array_equal(mask, (labels[:, 10:20, 20:30] > 0).astype(np.int64))
@@ -373,20 +374,20 @@ def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
     }
     settings = next(iter(resolve_datasets(config).values()))
     out = tmp_path / "results"
-    fingerprint = convert_dataset(settings, out / "arrays.npz", out / "samples.tsv", out / "fingerprint.json")
+    fingerprint = convert_dataset(settings, out / "arrays.zarr", out / "samples.tsv", out / "fingerprint.json")
     assert fingerprint["spatial_dims"] == 3 and fingerprint["target_channels"] == 1
     write_split(str(out / "samples.tsv"), settings, str(out / "split.json"))
     plan = write_plan_and_preview(
         settings,
         str(out / "fingerprint.json"),
-        str(out / "arrays.npz"),
+        str(out / "arrays.zarr"),
         str(out / "split.json"),
         str(out / "plan.json"),
         str(out / "preview.png"),
     )
     assert plan["patch_size"] == [16, 32, 32]
     card = fit(
-        str(out / "arrays.npz"),
+        str(out / "arrays.zarr"),
         str(out / "samples.tsv"),
         str(out / "split.json"),
         str(out / "plan.json"),
@@ -398,14 +399,14 @@ def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
     )
     assert card["output"]["input_residual"] is not None  # same units in and out, dataset-level normalisation
     direct = fit(
-        *(str(out / name) for name in ("arrays.npz", "samples.tsv", "split.json", "plan.json", "fingerprint.json")),
+        *(str(out / name) for name in ("arrays.zarr", "samples.tsv", "split.json", "plan.json", "fingerprint.json")),
         TrainConfig.from_settings({**settings, "residual_learning": False}, "unet_small", 0),
         *(str(out / "direct" / name) for name in ("model.pt", "history.tsv", "card.json")),
     )
     assert direct["output"]["input_residual"] is None  # the config switched residual learning off
     predict_dataset(
         str(out / "model.pt"),
-        str(out / "arrays.npz"),
+        str(out / "arrays.zarr"),
         str(out / "samples.tsv"),
         str(out / "split.json"),
         str(out / "predict"),
@@ -415,7 +416,7 @@ def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
     assert prediction.shape == (16, 32, 32) and prediction.dtype == np.float32
     record = evaluate_run(
         str(out / "predict"),
-        str(out / "arrays.npz"),
+        str(out / "arrays.zarr"),
         str(out / "samples.tsv"),
         str(out / "split.json"),
         str(out / "fingerprint.json"),
@@ -427,7 +428,7 @@ def test_volume_denoising_runs_through_every_stage(tmp_path) -> None:
     assert (figures / "examples.png").is_file() and (figures / "per_image_boxplot.png").is_file()
     summary = estimate_uncertainty(
         str(out / "model.pt"),
-        str(out / "arrays.npz"),
+        str(out / "arrays.zarr"),
         str(out / "samples.tsv"),
         str(out / "split.json"),
         str(out / "uncertainty"),

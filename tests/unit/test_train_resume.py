@@ -36,7 +36,7 @@ def prepared(tmp_path_factory):
          "epochs": 4, "patience": 10, "augmentations": ["flip"], "dropout": 0.1},
     )["cells"]
     out = root / "prepared"
-    convert_dataset(stage_settings(settings, "convert"), out / "arrays.npz", out / "samples.tsv", out / "fingerprint.json")
+    convert_dataset(stage_settings(settings, "convert"), out / "arrays.zarr", out / "samples.tsv", out / "fingerprint.json")
     write_split(str(out / "samples.tsv"), stage_settings(settings, "split"), str(out / "splits.json"))
     write_json(make_plan(settings, read_json(out / "fingerprint.json")), out / "plan.json")
     return settings, out
@@ -46,7 +46,7 @@ def _fit(settings, prepared_dir: Path, run_dir: Path, epochs: int, train_seconds
     cfg = TrainConfig.from_settings({**settings, "epochs": epochs, "device": "cpu", "train_seconds": train_seconds},
                                     model="unet", seed=0)
     return fit(
-        arrays_npz=str(prepared_dir / "arrays.npz"), samples_tsv=str(prepared_dir / "samples.tsv"),
+        arrays_store=str(prepared_dir / "arrays.zarr"), samples_tsv=str(prepared_dir / "samples.tsv"),
         split_json=str(prepared_dir / "splits.json"), plan_json=str(prepared_dir / "plan.json"),
         fingerprint_json=str(prepared_dir / "fingerprint.json"), cfg=cfg,
         model_out=str(run_dir / "model.pt"), history_out=str(run_dir / "history.tsv"),

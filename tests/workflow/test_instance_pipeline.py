@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from snakescope.store import open_store
 from snakescope.tasks.instance_segmentation import detector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def test_convert_keeps_instances_and_fingerprints_objects(results):
     assert fingerprint["objects_per_image"] == {"median": 253.0, "min": 97, "max": 351}
     assert 100 < fingerprint["median_object_area"] < 300
     assert not fingerprint["instances_derived_from_binary"]
-    with np.load(results / "cpm15" / "convert" / "arrays.npz") as arrays:
+    with open_store(results / "cpm15" / "convert" / "arrays.zarr") as arrays:
         target = arrays["target/image01"]
     assert len(np.unique(target)) - 1 == 351  # instance ids, not class indices
 
@@ -91,7 +92,7 @@ def test_predictions_are_valid_instance_images(results, method):
     table = pd.read_csv(predict / "predictions.csv", dtype={"id": str})
     split = json.loads((results / RUNS[method][0] / "split" / "splits.json").read_text())
     assert sorted(table["id"]) == sorted(split["test"]) and len(table) == 2
-    with np.load(results / RUNS[method][0] / "convert" / "arrays.npz") as arrays:
+    with open_store(results / RUNS[method][0] / "convert" / "arrays.zarr") as arrays:
         shapes = {i: arrays[f"target/{i}"].shape for i in table["id"]}
     for _, row in table.iterrows():
         labels = tifffile.imread(predict / row["instances"])

@@ -8,7 +8,7 @@ rule convert:
     input:
         get_dataset_files,
     output:
-        arrays="results/{dataset}/convert/arrays.npz",
+        arrays=directory("results/{dataset}/convert/arrays.zarr"),
         samples="results/{dataset}/convert/samples.tsv",
         fingerprint="results/{dataset}/convert/fingerprint.json",
     log:

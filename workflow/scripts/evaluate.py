@@ -4,7 +4,7 @@ from snakescope.logs import log_to_file
 log_to_file(snakemake.log[0])
 evaluate_run(
     predict_dir=snakemake.input.predictions,
-    arrays_npz=snakemake.input.arrays,
+    arrays_store=snakemake.input.arrays,
     samples_tsv=snakemake.input.samples,
     split_json=snakemake.input.split,
     fingerprint_json=snakemake.input.fingerprint,

@@ -4,7 +4,7 @@ from snakescope.logs import log_to_file
 log_to_file(snakemake.log[0])
 export_model(
     model_pt=snakemake.input.model,
-    arrays_npz=snakemake.input.arrays,
+    arrays_store=snakemake.input.arrays,
     split_json=snakemake.input.split,
     settings=snakemake.params.settings,
     out_dir=str(snakemake.output.record).rsplit("/", 1)[0],

@@ -5,7 +5,7 @@ from snakescope.train import fit
 
 log_to_file(snakemake.log[0])
 fit(
-    arrays_npz=snakemake.input.arrays,
+    arrays_store=snakemake.input.arrays,
     samples_tsv=snakemake.input.samples,
     split_json=snakemake.input.split,
     plan_json=snakemake.input.plan,

@@ -4,7 +4,7 @@ from snakescope.uncertainty import estimate_uncertainty
 log_to_file(snakemake.log[0])
 estimate_uncertainty(
     model_pt=snakemake.input.model,
-    arrays_npz=snakemake.input.arrays,
+    arrays_store=snakemake.input.arrays,
     samples_tsv=snakemake.input.samples,
     split_json=snakemake.input.split,
     out_dir=snakemake.output.results,

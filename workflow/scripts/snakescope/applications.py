@@ -21,7 +21,7 @@ PACKAGE_SUFFIXES = (".zip", "rdf.yaml", "bioimageio.yaml")
 
 def run_files(results: str) -> dict[str, str]:
     """The packed data and split of the dataset whose results lie in `results` (results/<dataset>)."""
-    return {"arrays": f"{results}/convert/arrays.npz", "samples": f"{results}/convert/samples.tsv",
+    return {"arrays": f"{results}/convert/arrays.zarr", "samples": f"{results}/convert/samples.tsv",
             "split": f"{results}/split/splits.json"}
 
 

@@ -218,10 +218,10 @@ def _progress(verb: str, done: int, total: int) -> None:
         log.info("%s %d/%d images", verb, done, total, extra=PROGRESS)
 
 
-def training_data(arrays_npz: str | None, samples_tsv: str | None, split_json: str | None) -> InferenceData | None:
+def training_data(arrays_store: str | None, samples_tsv: str | None, split_json: str | None) -> InferenceData | None:
     """The run's packed data, as the apply rule passes it (None without)."""
-    if not arrays_npz:
+    if not arrays_store:
         return None
     from snakescope.io import read_samples
 
-    return InferenceData(arrays_npz, read_samples(samples_tsv), read_json(split_json))
+    return InferenceData(arrays_store, read_samples(samples_tsv), read_json(split_json))

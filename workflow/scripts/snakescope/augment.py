@@ -14,9 +14,20 @@ import numpy as np
 from snakescope.engine.transforms import AUGMENTATION_DEFAULTS, build_train_transforms, normalise
 from snakescope.io import read_json, save_figure, write_json
 from snakescope.plots import displayable
+from snakescope.store import open_store
 from snakescope.tasks import get_task
 
 log = logging.getLogger(__name__)
+
+
+def plan_data_path(choice: str, fingerprint: dict, dense: bool) -> dict:
+    """How training will read its images: the config's data_path (auto, memory or stream) and what the
+    dataset takes in memory (float32 images, uint8 masks). The train job settles auto
+    (snakescope.engine.items.choose_data_path) against the memory it may use, which on a cluster is its
+    own allocation, not that of the job that plans."""
+    pixels = int(np.prod(fingerprint.get("shape_median") or [0]))
+    need = fingerprint.get("n_images", 0) * pixels * (4 * fingerprint["channels"] + (1 if dense else 0))
+    return {"mode": choice, "dataset_bytes": need}
 
 
 def make_plan(settings: dict, fingerprint: dict) -> dict:
@@ -33,10 +44,11 @@ def make_plan(settings: dict, fingerprint: dict) -> dict:
         "patch_size": list(settings["patch_size"])[:spatial_dims] if dense else None,
         "augmentations": [{"name": name, **AUGMENTATION_DEFAULTS[name]} for name in settings["augmentations"]],
         "seed": settings["seed"],
+        "data_path": plan_data_path(settings.get("data_path", "auto"), fingerprint, dense),
     }
 
 
-def write_plan_and_preview(settings: dict, fingerprint_json: str, arrays_npz: str, split_json: str,
+def write_plan_and_preview(settings: dict, fingerprint_json: str, arrays_store: str, split_json: str,
                            plan_out: str, preview_out: str, n_preview: int = 6, n_draws: int = 4) -> dict:
     """Write the plan, and a figure of `n_preview` training images each drawn `n_draws` times augmented."""
     import matplotlib
@@ -58,7 +70,7 @@ def write_plan_and_preview(settings: dict, fingerprint_json: str, arrays_npz: st
     transforms.set_random_state(seed=settings["seed"])
     columns = 1 + n_draws
     figure, axes = plt.subplots(len(ids), columns, figsize=(1.8 * columns, 1.8 * len(ids)), squeeze=False)
-    with np.load(arrays_npz) as arrays:
+    with open_store(arrays_store) as arrays:
         for row, sample_id in enumerate(ids):
             image = normalise(arrays[f"image/{sample_id}"], plan)
             item = {"image": image}

@@ -379,7 +379,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "results_library",
         "plan",
     ),
-    "augment": ("name", "task", "seed", "normalisation", "augmentations", "patch_size", "auto_keys"),
+    "augment": ("name", "task", "seed", "normalisation", "augmentations", "patch_size", "auto_keys", "data_path"),
     "train": (
         "task",
         "auto_keys",

@@ -18,7 +18,7 @@ from snakescope.tasks import get_task
 log = logging.getLogger(__name__)
 
 
-def evaluate_run(predict_dir: str, arrays_npz: str, samples_tsv: str, split_json: str, fingerprint_json: str,
+def evaluate_run(predict_dir: str, arrays_store: str, samples_tsv: str, split_json: str, fingerprint_json: str,
                  out_dir: str, run_info: dict | None = None) -> dict:
     """Write metrics.json, metrics.tsv, per_sample.tsv and figures/ for one trained model."""
     import matplotlib
@@ -32,7 +32,7 @@ def evaluate_run(predict_dir: str, arrays_npz: str, samples_tsv: str, split_json
     (out / "figures").mkdir(parents=True, exist_ok=True)
     predictions = predictions[predictions["id"].isin(set(split["test"]))]
     task = get_task(fingerprint["task"])
-    metrics, per_sample = task.evaluate(predictions, Path(predict_dir), arrays_npz, samples, split, fingerprint,
+    metrics, per_sample = task.evaluate(predictions, Path(predict_dir), arrays_store, samples, split, fingerprint,
                                         out / "figures")
     record = {**(run_info or {}), "task": fingerprint["task"], "n_test": int(len(predictions)), **metrics}
     write_json(record, out / "metrics.json")

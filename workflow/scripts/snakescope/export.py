@@ -33,6 +33,7 @@ from snakescope.engine.models import MODELS
 from snakescope.engine.transforms import normalise
 from snakescope.io import UserError, atomic_path, read_json, save_figure, write_json
 from snakescope.plots import displayable
+from snakescope.store import open_store
 from snakescope.tasks import get_task, load_trained
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class NotExportable(UserError):
     """The model has no bioimage.io description (a detector); the rule records why instead."""
 
 
-def export_model(model_pt: str, arrays_npz: str, split_json: str, settings: dict, out_dir: str,
+def export_model(model_pt: str, arrays_store: str, split_json: str, settings: dict, out_dir: str,
                  metrics_json: str | None = None, run_info: dict | None = None, test: bool = True) -> dict:
     """Write ``package.zip`` (the bioimage.io package), ``model.onnx``, ``cover.png`` and ``export.json`` into
     `out_dir`.
@@ -73,17 +74,17 @@ def export_model(model_pt: str, arrays_npz: str, split_json: str, settings: dict
         return record
     work = Path(tempfile.mkdtemp(prefix=".package-", dir=out))  # the package's files until they are zipped
     try:
-        return _export(model, payload, arrays_npz, split_json, settings, out, work, metrics_json, run_info, record,
+        return _export(model, payload, arrays_store, split_json, settings, out, work, metrics_json, run_info, record,
                        test)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _export(model, payload: dict, arrays_npz: str, split_json: str, settings: dict, out: Path, work: Path,
+def _export(model, payload: dict, arrays_store: str, split_json: str, settings: dict, out: Path, work: Path,
             metrics_json: str | None, run_info: dict, record: dict, test: bool) -> dict:
     plan, name = payload["plan"], payload["spec"]["name"]
     split = read_json(split_json)
-    raw = _test_input(arrays_npz, split, plan, name)  # (1, C, *spatial), native units
+    raw = _test_input(arrays_store, split, plan, name)  # (1, C, *spatial), native units
     x = torch.as_tensor(normalise(raw[0], plan)[None])
     with torch.no_grad():
         logits = model(x)
@@ -110,7 +111,7 @@ def _export(model, payload: dict, arrays_npz: str, split_json: str, settings: di
         shutil.copyfile(work / "cover.png", tmp)
     (work / "README.md").write_text(_readme(payload, task, settings, metrics_json, run_info))
     applied = {key: payload.get(key) for key in ("spec", "plan", "classes", "mask_values", "input_size")}
-    applied.update(task.export_settings(arrays_npz, split))
+    applied.update(task.export_settings(arrays_store, split))
     descr = _description(payload, task, settings, raw, work, torchscript, onnx_path, run_info, applied)
     from bioimageio.spec import save_bioimageio_package
 
@@ -155,12 +156,12 @@ def test_package(package: Path) -> dict:
 # -- the pieces of the package --------------------------------------------------------------------------
 
 
-def _test_input(arrays_npz: str, split: dict, plan: dict, name: str) -> np.ndarray:
+def _test_input(arrays_store: str, split: dict, plan: dict, name: str) -> np.ndarray:
     """A test image (native units) at a size the network takes: whole for classifiers, else one patch."""
     from snakescope.engine.models import fit_patch
 
     sample_id = (split.get("test") or split["val"])[0]
-    with np.load(arrays_npz) as arrays:
+    with open_store(arrays_store) as arrays:
         image = arrays[f"image/{sample_id}"].astype(np.float32)
     if plan.get("patch_size"):
         patch = fit_patch(name, [min(p, s) for p, s in zip(plan["patch_size"], image.shape[1:], strict=True)])

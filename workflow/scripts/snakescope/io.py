@@ -372,7 +372,7 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
         # mkstemp creates the file readable by its owner only; give the output the permissions any
         # other new file gets (the umask), so that a group sharing results/ can read it.
         if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_UMASK)
+            os.chmod(tmp_path, 0o666 & ~UMASK)
         os.replace(tmp_path, final_path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -384,7 +384,7 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
+UMASK = _read_umask()
 
 
 def write_json(data: object, path: str | Path) -> None:

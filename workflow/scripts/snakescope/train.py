@@ -22,7 +22,7 @@ from snakescope.tasks import get_task
 
 
 def fit(
-    arrays_npz: str,
+    arrays_store: str,
     samples_tsv: str,
     split_json: str,
     plan_json: str,
@@ -45,14 +45,14 @@ def fit(
     work_dir = str(work_dir or Path(model_out).parent)
     if cfg.processes > 1 and distributed.from_environment() is None:
         arguments = Path(work_dir) / "distributed_arguments.json"
-        write_json({"arrays_npz": arrays_npz, "samples_tsv": samples_tsv, "split_json": split_json,
+        write_json({"arrays_store": arrays_store, "samples_tsv": samples_tsv, "split_json": split_json,
                     "plan_json": plan_json, "fingerprint_json": fingerprint_json, "cfg": dataclasses.asdict(cfg),
                     "model_out": model_out, "history_out": history_out, "card_out": card_out,
                     "work_dir": work_dir, "threads": threads}, arguments)
         distributed.launch(cfg.processes, __name__, [str(arguments)])
         return read_json(card_out)
     trainer = get_task(cfg.task).trainer(cfg, threads)
-    data = TrainingData(arrays_npz, samples_tsv, split_json, plan_json, fingerprint_json)
+    data = TrainingData(arrays_store, samples_tsv, split_json, plan_json, fingerprint_json)
     return trainer.fit(data, model_out, history_out, card_out, work_dir)
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 RANKING_SHOWN = 8  # images drawn in a ranking figure
 
 
-def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split_json: str, out_dir: str,
+def estimate_uncertainty(model_pt: str, arrays_store: str, samples_tsv: str, split_json: str, out_dir: str,
                          samples: int = 20, seed: int = 0, device: str = "auto", threads: int = 1,
                          threshold: str | float = "otsu") -> dict:
     """Sample the model on the test set; write uncertainty.csv, the task's maps, summary.json and a figure.
@@ -50,12 +50,12 @@ def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split
     task = get_task(payload["plan"]["task"])
     split = read_json(split_json)
     table = read_samples(samples_tsv)
-    items = task.load_items(arrays_npz, table, split["test"], payload["plan"])
+    items = task.load_items(arrays_store, table, split["test"], payload["plan"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    calibration = calibrate(task, model, payload, arrays_npz, table, split, items, torch_device, out)
+    calibration = calibrate(task, model, payload, arrays_store, table, split, items, torch_device, out)
     started = time.perf_counter()
-    frame, tracking = task.uncertainty(model, payload, items, InferenceData(arrays_npz, table, split), samples,
+    frame, tracking = task.uncertainty(model, payload, items, InferenceData(arrays_store, table, split), samples,
                                        torch_device, out, threshold)
     seconds = time.perf_counter() - started
     ranking = rank_images(frame, pd.DataFrame({"id": [item["id"] for item in items]}))
@@ -70,14 +70,14 @@ def estimate_uncertainty(model_pt: str, arrays_npz: str, samples_tsv: str, split
     return summary
 
 
-def calibrate(task, model, payload: dict, arrays_npz: str, table, split: dict, test_items: list[dict], device,
+def calibrate(task, model, payload: dict, arrays_store: str, table, split: dict, test_items: list[dict], device,
               out: Path) -> dict:
     """ECE of the network's probabilities on the test set, before and after temperature scaling (with the
     temperature the outputs use, else one fitted on the validation set), and reliability.png; {} for
     tasks without class probabilities or without a validation set."""
     if not task.calibrated or not split["val"]:
         return {}
-    val_items = task.load_items(arrays_npz, table, split["val"], payload["plan"])
+    val_items = task.load_items(arrays_store, table, split["val"], payload["plan"])
     applied = payload.get("temperature", 1.0)  # the temperature training fitted and the outputs use
     network = model.network if isinstance(model, TemperatureScaled) else model  # before scaling
     network.eval()

@@ -8,26 +8,31 @@ input is noticed), in the manner of nnU-Net's dataset fingerprint; each task add
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 
 from snakescope.convert.read import sample_checksum
 from snakescope.convert.samples import Sample
 
+MAX_INTENSITY_VALUES = 10_000_000  # pixel values per channel sampled for the intensity statistics
 
-def dataset_fingerprint(settings: dict, samples: list[Sample], images: dict[str, np.ndarray], raw_dtypes: Counter) -> dict:
+
+def dataset_fingerprint(settings: dict, samples: list[Sample], images: Mapping[str, np.ndarray], raw_dtypes: Counter) -> dict:
     """What every task records of a dataset: counts, shapes, dtypes, channels, intensity statistics,
     brightness spread and a SHA-256 per input file (the task adds its own entries)."""
     shapes = np.array([img.shape for img in images.values()])
     n_channels = int(shapes[0, 0])
-    # Intensity statistics from a bounded random subset of pixels per image: exact enough for
-    # normalisation and planning, and constant memory whatever the dataset size.
+    # Intensity statistics from a bounded random subset of pixels per image (10,000, fewer beyond 1,000
+    # images so that all of them stay within MAX_INTENSITY_VALUES): exact enough for normalisation and
+    # planning, and bounded memory whatever the dataset size.
     rng = np.random.default_rng(0)
+    per_image = min(10_000, max(1_000, MAX_INTENSITY_VALUES // max(len(images), 1)))
     per_channel = []
     for c in range(n_channels):
         values = np.concatenate(
             [
-                rng.choice(img[c].ravel(), size=min(img[c].size, 10_000), replace=False)
+                rng.choice(img[c].ravel(), size=min(img[c].size, per_image), replace=False)
                 for img in images.values()
             ]
         )
@@ -66,6 +71,6 @@ def dataset_fingerprint(settings: dict, samples: list[Sample], images: dict[str,
     return fingerprint
 
 
-def _brightness_spread(images: dict[str, np.ndarray]) -> float:
+def _brightness_spread(images: Mapping[str, np.ndarray]) -> float:
     means = np.array([float(img.mean()) for img in images.values()])
     return float(means.std() / abs(means.mean())) if means.size and means.mean() else 0.0

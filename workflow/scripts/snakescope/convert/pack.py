@@ -1,13 +1,16 @@
 """pack: write the checked dataset where the later rules read it, atomically.
 
-* ``arrays.npz``: per sample ``image/<id>`` float32 CYX (or CZYX) at native intensity, and for dense
-  tasks ``target/<id>`` (class indices, instance ids or float targets, as the task packs them).
+* ``arrays.zarr``: per sample its image (C+spatial, native intensity, smallest lossless dtype) and, for
+  dense tasks, its target (class indices, instance ids or float targets, as the task packs them), as a
+  chunked OME-Zarr store (snakescope.store).
 * ``samples.tsv``: one row per sample (id, source paths, label, label index, subset, group, region,
   shape).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +18,10 @@ import numpy as np
 
 from snakescope.convert.samples import Sample
 from snakescope.io import atomic_path
+from snakescope.logs import PROGRESS
+from snakescope.store import write_store
+
+log = logging.getLogger(__name__)
 
 
 def write_packed(
@@ -24,18 +31,21 @@ def write_packed(
     classes: list[str],
     arrays_out: str | Path,
     samples_out: str | Path,
+    encode_target: Callable[[np.ndarray], np.ndarray] = np.asarray,
 ) -> None:
+    """Write the store and the sample table; `encode_target` turns each target into what is stored (the
+    task's `encode_target`)."""
     import pandas as pd
 
     label_index = {c: i for i, c in enumerate(classes)}
     table = pd.DataFrame([asdict(s) for s in samples])
     table["label_index"] = [label_index.get(s.label, -1) for s in samples]
     table["shape"] = ["x".join(map(str, images[s.id].shape)) for s in samples]
-    with atomic_path(arrays_out) as tmp:
-        np.savez(
-            tmp,
-            **{f"image/{k}": v for k, v in images.items()},
-            **{f"target/{k}": v for k, v in targets.items()},
-        )
+    with write_store(arrays_out) as store:
+        for index, sample in enumerate(samples):
+            target = targets.get(sample.id)
+            store.add(sample.id, images[sample.id], None if target is None else encode_target(target))
+            if (index + 1) % 50 == 0:
+                log.info("stored %d/%d images", index + 1, len(samples), extra=PROGRESS)
     with atomic_path(samples_out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)

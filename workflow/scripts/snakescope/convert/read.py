@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Callable, MutableMapping
 
 import numpy as np
 
@@ -51,17 +52,22 @@ def sample_checksum(spec: str) -> str:
     return _CHECKSUMS[spec]
 
 
-def read_dataset(samples: list[Sample], task, settings: dict) -> tuple[dict, dict, Counter, list[str]]:
+def read_dataset(
+    samples: list[Sample], task, settings: dict, images: MutableMapping | None = None,
+    targets: MutableMapping | None = None,
+) -> tuple[MutableMapping, MutableMapping, Counter, list[str]]:
     """Read every sample's image (and target, through the task), resized when the config says so.
 
+    Args:
+        images, targets: where to put them (e.g. snakescope.store.SpilledArrays); new dicts by default.
     Returns:
         ({id: float32 C+spatial image}, {id: target as the task reads it}, Counter of source dtypes,
          messages of the files that could not be used).
     """
     spatial_dims = 3 if len(settings.get("patch_size") or [0, 0]) == 3 else 2
     errors: list[str] = []
-    images: dict[str, np.ndarray] = {}
-    targets: dict[str, np.ndarray] = {}
+    images = {} if images is None else images
+    targets = {} if targets is None else targets
     raw_dtypes: Counter = Counter()
     for index, sample in enumerate(samples):
         try:
@@ -86,7 +92,8 @@ def tile_samples(
     targets: dict[str, np.ndarray],
     tile_size: list[int],
     test_right_fraction: float | None,
-) -> tuple[list, dict, dict]:
+    new_mapping: Callable[[], MutableMapping] = dict,
+) -> tuple[list, MutableMapping, MutableMapping]:
     """Cut every image (C+spatial) and its target (spatial, or C+spatial) into non-overlapping tiles.
 
     Args:
@@ -94,13 +101,15 @@ def tile_samples(
             Tiles start at the origin; a remainder narrower than a tile is dropped (logged).
         test_right_fraction: tiles lying wholly in this rightmost share of an image's width form the
             test set, a spatial split that keeps test pixels out of training (None: `split` decides).
+        new_mapping: makes the mappings the tiles go to (dict by default).
     Returns:
         (tile samples, tile images, tile targets); ids ``<id>_y<Y0>_x<X0>`` (``_z<Z0>`` first in 3D),
         `region` the slices, `group` the source image.
     """
-    out_samples, out_images, out_targets = [], {}, {}
+    out_samples, out_images, out_targets = [], new_mapping(), new_mapping()
     for sample in samples:
         image = images[sample.id]
+        target = targets.get(sample.id)  # read once: the mappings may be on disk
         spatial = image.shape[1:]
         size = list(tile_size)
         if len(size) < len(spatial):
@@ -137,8 +146,8 @@ def tile_samples(
                 )
             )
             out_images[tile_id] = np.ascontiguousarray(image[(slice(None), *slices)])
-            if sample.id in targets:
-                out_targets[tile_id] = np.ascontiguousarray(targets[sample.id][(..., *slices)])
+            if target is not None:
+                out_targets[tile_id] = np.ascontiguousarray(target[(..., *slices)])
     if test_right_fraction and not any(s.subset == "test" for s in out_samples):
         raise InputError(
             f"layout.test_right_fraction {test_right_fraction}: no tile lies wholly in that share of "

@@ -1,8 +1,12 @@
-"""data: the packed arrays of `convert`, normalised, as in-memory items and training batches.
+"""data: training batches from the items of snakescope.engine.items, held in memory or streamed.
 
 The training data path is built so the GPU never waits for it (docs/performance.md has the figures):
 
-* the training set is held in memory as tensors (on the GPU when it fits in a quarter of its free
+* when it fits (snakescope.engine.items.choose_data_path) the training set is held in memory as
+  tensors; otherwise it is streamed: each batch's images are read from the store (`StoredItems`) when
+  the batch is gathered, or by the DataLoader workers when per-image augmentations run, so memory
+  does not grow with the dataset, and the batches are the same as in memory;
+* in memory, the training set is held as tensors (on the GPU when it fits in a quarter of its free
   memory, else in pinned host memory copied to the GPU without blocking);
 * flips and 90-degree rotations, the default augmentations, run on the GPU on the whole batch with
   one random draw per image: flipping and rotating by quarter turns move pixels without
@@ -22,39 +26,14 @@ a seed, whatever the number of workers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
-from snakescope.engine.transforms import build_train_transforms, normalise
-
-LabelReader = Callable[[np.lib.npyio.NpzFile, str], object]
+from snakescope.engine.items import StoredItems, image_shapes
+from snakescope.engine.transforms import build_train_transforms
 
 BATCH_AUGMENTATIONS = ("flip", "rotate90")  # exact as batched tensor ops; run on the training device
 DEVICE_MEMORY_SHARE = 0.25  # keep the training set on the GPU when it takes at most this share of free memory
-
-
-def load_items(arrays_npz: str, ids: list[str], plan: dict, read_label: LabelReader) -> list[dict]:
-    """Load and normalise the samples `ids` into memory.
-
-    Args:
-        read_label: the task's reader (snakescope.tasks.base.Task.label_reader) of one sample's label from
-            the open arrays; None where the sample has none.
-    Returns:
-        dicts with "id", "image" (float32 C+spatial, normalised) and, when known, "label": an int class
-        index (classification), an int64 1+spatial class map (segmentation), or a float32 C+spatial
-        target in network units (regression).
-    """
-    items = []
-    with np.load(arrays_npz) as arrays:
-        for sample_id in ids:
-            item = {"id": sample_id, "image": normalise(arrays[f"image/{sample_id}"], plan)}
-            label = read_label(arrays, sample_id)
-            if label is not None:
-                item["label"] = label
-            items.append(item)
-    return items
 
 
 class ItemDataset(torch.utils.data.Dataset):
@@ -170,7 +149,8 @@ class TrainBatches:
 
     Args:
         items: from `load_items`, all with a "label"; an item may be listed more than once (several
-            patches of one image per epoch), it is then held in memory once.
+            patches of one image per epoch), it is then held in memory once. `StoredItems` are streamed:
+            each batch's items are read when it is gathered (or by the DataLoader), never all held.
         plan: the augmentation plan (patch size and random augmentations).
         batch_size: images per batch; the last, incomplete batch is dropped when there is more than one.
         device: where the batches are delivered (and flips/turns computed).
@@ -211,6 +191,7 @@ class TrainBatches:
         self.augment = BatchAugment(plan)
         self.patch_size = list(plan["patch_size"]) if plan.get("patch_size") else None
         self.has_label = "label" in items[0]
+        self.streamed = None  # the items of the tensor path when they are streamed (_StreamedTensors)
         cpu_plan = {
             **plan,
             "augmentations": [
@@ -247,6 +228,8 @@ class TrainBatches:
     # -- whole training set as tensors, crop and flips/turns batched ---------------------------------
 
     def _init_tensors(self, items: list[dict], on_device: bool | None) -> None:
+        if isinstance(items, StoredItems):
+            return self._init_streamed_tensors(items)
         # An item listed several times (several patches per image and epoch) is stored once.
         first: dict[int, int] = {}
         self.storage_index = torch.tensor([first.setdefault(id(item), len(first)) for item in items])
@@ -285,6 +268,24 @@ class TrainBatches:
         self._buffers: dict = {}
         self._events: dict = {}
         self._slot = 0
+        self._copy_stream = torch.cuda.Stream(self.device) if self.pinned else None
+
+    def _init_streamed_tensors(self, items: StoredItems) -> None:
+        """The tensor path over streamed items: each batch's images are read from the store when it is
+        gathered, then cropped, flipped and turned exactly as in memory (the same batches)."""
+        first: dict[str, int] = {}
+        self.storage_index = torch.tensor([first.setdefault(sample_id, len(first)) for sample_id in items.ids])
+        unique = items.with_ids(list(first))
+        self.same_shape = len(set(image_shapes(unique))) == 1
+        if not self.same_shape and not self.patch_size:
+            raise ValueError("training images differ in size and the plan has no patch_size to crop them to")
+        self.storage = torch.device("cpu")
+        self.pinned = self.device.type == "cuda"
+        streamed = _StreamedTensors(unique, self.patch_size)
+        self.streamed = streamed
+        self.images = _StreamedView(streamed, 0)
+        self.labels = _StreamedView(streamed, 1) if self.has_label else None
+        self._buffers, self._events, self._slot = {}, {}, 0
         self._copy_stream = torch.cuda.Stream(self.device) if self.pinned else None
 
     def __len__(self) -> int:
@@ -340,6 +341,8 @@ class TrainBatches:
     def _gather(
         self, index: torch.Tensor, crop: torch.Tensor, device_index: torch.Tensor | None
     ) -> list[torch.Tensor]:
+        if self.streamed is not None:
+            self.streamed.batch.clear()
         sources = [self.images] + ([self.labels] if self.labels is not None else [])
         if not self.pinned:
             return [self._select(source, index, crop, device_index=device_index) for source in sources]
@@ -385,7 +388,7 @@ class TrainBatches:
         device_index: torch.Tensor | None = None,
     ):
         """The batch `index` of `source`, each image cropped at its drawn position to the patch size."""
-        if self.patch_size is None:
+        if self.patch_size is None and not isinstance(source, _StreamedView):
             if out is not None:
                 return torch.index_select(source, 0, index, out=out)
             return source.index_select(
@@ -394,12 +397,48 @@ class TrainBatches:
         pieces = []
         for i, u in zip(index.tolist(), crop.tolist(), strict=True):
             image = source[i]
-            slices = [slice(None)]
-            for size, patch, draw in zip(image.shape[1:], self.patch_size, u, strict=True):
-                begin = min(int(draw * (size - patch + 1)), size - patch)
-                slices.append(slice(begin, begin + patch))
-            pieces.append(image[tuple(slices)])
+            if self.patch_size:
+                slices = [slice(None)]
+                for size, patch, draw in zip(image.shape[1:], self.patch_size, u, strict=True):
+                    begin = min(int(draw * (size - patch + 1)), size - patch)
+                    slices.append(slice(begin, begin + patch))
+                image = image[tuple(slices)]
+            pieces.append(image)
         return torch.stack(pieces, out=out) if out is not None else torch.stack(pieces)
+
+
+class _StreamedTensors:
+    """Streamed items as the tensor path holds them in memory (padded to the patch size, tensors), read
+    when asked; the current batch's items are kept (`batch`, emptied by TrainBatches before each batch),
+    since its images and labels are gathered one after the other."""
+
+    def __init__(self, items: StoredItems, patch_size: list[int] | None):
+        self.items, self.patch_size = items, patch_size
+        self.batch: dict[int, tuple] = {}
+
+    def get(self, index: int) -> tuple:
+        if index not in self.batch:
+            item = self.items[index]
+            image, label = item["image"], item.get("label")
+            if self.patch_size:
+                image, label = _pad_to(image, label, self.patch_size)
+            if label is not None:
+                label = torch.as_tensor(np.ascontiguousarray(label)) if not np.isscalar(label) else torch.tensor(int(label))
+            self.batch[index] = (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), label)
+        return self.batch[index]
+
+
+class _StreamedView:
+    """The images (part 0) or labels (part 1) of `_StreamedTensors`, indexed like the tensors in memory."""
+
+    def __init__(self, streamed: _StreamedTensors, part: int):
+        self.streamed, self.part = streamed, part
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.streamed.get(index)[self.part]
+
+    def __len__(self) -> int:
+        return len(self.streamed.items)
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

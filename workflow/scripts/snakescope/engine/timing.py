@@ -138,7 +138,7 @@ def time_model(
 
     Args:
         plan: the augment plan saved with the model (patch size).
-        items: dicts with "image" (float32 C+spatial, normalised), as `snakescope.engine.data.load_items`
+        items: dicts with "image" (float32 C+spatial, normalised), as `snakescope.engine.items.load_items`
             returns.
     """
     from snakescope.engine.inference import predict_logits

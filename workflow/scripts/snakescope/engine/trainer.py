@@ -31,8 +31,9 @@ import torch
 
 from snakescope import __version__
 from snakescope.engine import checkpoint, distributed
-from snakescope.engine.data import TrainBatches, load_items
+from snakescope.engine.data import TrainBatches
 from snakescope.engine.inference import predict_logits
+from snakescope.engine.items import StoredItems, choose_data_path, image_shapes, load_items
 from snakescope.engine.models import ModelSpec, build_model
 from snakescope.engine.runtime import autocast_dtype, seed_everything, select_device
 from snakescope.io import read_json, read_samples, write_json, write_table
@@ -46,13 +47,13 @@ CALIBRATION_MIN_IMAGES = 30
 VALIDATION_BATCH = 32  # images per validation pass when they are used whole (same size)
 
 
-def patches_per_image(items: list[dict], plan: dict, cap: int = 16) -> int:
+def patches_per_image(items, plan: dict, cap: int = 16) -> int:
     """How many random patches to draw from each image per epoch: enough to cover the median image
     once (a 512x512 image with 128x128 patches gives 16), so an epoch of a few large images is not a
     handful of steps. 1 when the images are used whole (no patch size)."""
     if not plan.get("patch_size"):
         return 1
-    return patches_for_area(np.median([np.prod(it["image"].shape[1:]) for it in items]), plan["patch_size"], cap)
+    return patches_for_area(np.median([np.prod(shape[1:]) for shape in image_shapes(items)]), plan["patch_size"], cap)
 
 
 def patches_for_area(image_area: float, patch_size, cap: int = 16) -> int:
@@ -64,7 +65,7 @@ def patches_for_area(image_area: float, patch_size, cap: int = 16) -> int:
 class TrainingData:
     """The files one training run reads (outputs of convert, split and augment)."""
 
-    arrays_npz: str
+    arrays_store: str
     samples_tsv: str
     split_json: str
     plan_json: str
@@ -195,7 +196,7 @@ class Trainer:
         seed_everything(cfg.seed, device)
         self.fingerprint = read_json(data.fingerprint_json)
         split = read_json(data.split_json)
-        self.plan = self.task.prepare_plan(read_json(data.plan_json), self.fingerprint, data.arrays_npz, split, cfg)
+        self.plan = self.task.prepare_plan(read_json(data.plan_json), self.fingerprint, data.arrays_store, split, cfg)
         samples = read_samples(data.samples_tsv)
         work_dir = Path(work_dir or Path(model_out).parent)
 
@@ -211,8 +212,14 @@ class Trainer:
         self.amp_dtype = autocast_dtype(device)
 
         read_label = self.task.label_reader(samples, self.plan)
-        train_items = self.prepare_items(load_items(data.arrays_npz, split["train"], self.plan, read_label))
-        self.val_items = self.prepare_items(load_items(data.arrays_npz, split["val"], self.plan, read_label))
+        self.data_path = choose_data_path(self.plan)
+
+        def items_of(ids: list[str]):
+            if self.data_path[0] == "stream":
+                return StoredItems(data.arrays_store, ids, self.plan, read_label, self.prepare_items)
+            return self.prepare_items(load_items(data.arrays_store, ids, self.plan, read_label))
+
+        train_items, self.val_items = items_of(split["train"]), items_of(split["val"])
         generator = torch.Generator()
         # The training set is held as tensors (on the GPU when it fits); flips and quarter turns run there
         # in batch, other augmentations per image in `threads`-sized DataLoader workers (engine.data).
@@ -231,6 +238,7 @@ class Trainer:
         writer = SummaryWriter(log_dir=str(work_dir / "tensorboard")) if group.is_main else None
         log.info("training %s on %s: %d train images (%d samples per epoch) / %d val, %d parameters", cfg.model,
                  device, len(train_items), loader.n, len(self.val_items), sum(p.numel() for p in model.parameters()))
+        log.info("training data %s: %s", *self.data_path, extra=PROGRESS)
 
         out_of_time = False
         while state["epoch"] < cfg.epochs and state["stale_epochs"] < cfg.patience:
@@ -354,6 +362,7 @@ class Trainer:
                          "train_seconds": _seconds_spent(history),
                          "seconds_per_epoch": float(np.mean([r["seconds"] for r in history] or [0])),
                          "settings": cfg.__dict__, "device": str(device),
+                         "data_path": self.data_path[0], "data_path_reason": self.data_path[1],
                          "gpu": torch.cuda.get_device_name() if cuda else None,
                          "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None},
             "versions": {"snakescope": __version__, "torch": torch.__version__},

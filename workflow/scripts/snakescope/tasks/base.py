@@ -37,7 +37,7 @@ class InferenceData:
     """What prediction and uncertainty read besides the model: the packed arrays of `convert`, its
     samples table and the split (tasks that tune post-processing on the validation images use them)."""
 
-    arrays_npz: str
+    arrays_store: str
     samples: pd.DataFrame
     split: dict
 
@@ -125,9 +125,9 @@ class Task:
         dataset's samples (snakescope.convert.discover.Sample) and targets (as `prepare_targets` left them)."""
         return {}
 
-    def encode_targets(self, targets: dict[str, np.ndarray], fingerprint: dict) -> dict[str, np.ndarray]:
-        """Targets as they are packed for training (e.g. mask values to class indices)."""
-        return targets
+    def encode_target(self, target: np.ndarray, fingerprint: dict) -> np.ndarray:
+        """One target as it is packed for training (e.g. mask values to class indices)."""
+        return target
 
     # -- planning --------------------------------------------------------------------------------------
 
@@ -159,13 +159,13 @@ class Task:
 
         return read
 
-    def load_items(self, arrays_npz: str, samples: pd.DataFrame, ids: list[str], plan: dict) -> list[dict]:
-        """The samples `ids`, normalised, with their labels (snakescope.engine.data.load_items)."""
-        from snakescope.engine.data import load_items
+    def load_items(self, arrays_store: str, samples: pd.DataFrame, ids: list[str], plan: dict) -> list[dict]:
+        """The samples `ids`, normalised, with their labels (snakescope.engine.items.load_items)."""
+        from snakescope.engine.items import load_items
 
-        return load_items(arrays_npz, ids, plan, self.label_reader(samples, plan))
+        return load_items(arrays_store, ids, plan, self.label_reader(samples, plan))
 
-    def prepare_plan(self, plan: dict, fingerprint: dict, arrays_npz: str, split: dict, cfg) -> dict:
+    def prepare_plan(self, plan: dict, fingerprint: dict, arrays_store: str, split: dict, cfg) -> dict:
         """The augment plan with what training learns from the training split (saved with the model)."""
         return plan
 
@@ -228,7 +228,7 @@ class Task:
         """(postprocessing steps in bioimage.io's terms, output channel names) matching `export_output`."""
         return [v0_5.SoftmaxDescr(kwargs=v0_5.SoftmaxKwargs(axis=v0_5.AxisId("channel")))], self.output_names(payload)
 
-    def export_settings(self, arrays_npz: str, split: dict) -> dict:
+    def export_settings(self, arrays_store: str, split: dict) -> dict:
         """Post-processing settings learned from the run's data that an exported package keeps, so that
         snakescope.apply applies the package as it applies the run."""
         return {}
@@ -238,7 +238,7 @@ class Task:
         return []
 
     def evaluate(
-        self, predictions: pd.DataFrame, predict_dir: Path, arrays_npz: str, samples: pd.DataFrame, split: dict,
+        self, predictions: pd.DataFrame, predict_dir: Path, arrays_store: str, samples: pd.DataFrame, split: dict,
         fingerprint: dict, figures: Path,
     ) -> tuple[dict, pd.DataFrame]:
         """(mean test metrics with their trivial baseline's as ``baseline_<metric>``, one row per image);

@@ -175,7 +175,7 @@ class Classification(Task):
         _uncertainty_figure(frame, out / "uncertainty_vs_error.png")
         return frame, tracks_error(frame["uncertainty"].to_numpy(), frame["correct"].to_numpy(), "images")
 
-    def evaluate(self, predictions, predict_dir, arrays_npz, samples, split, fingerprint, figures):
+    def evaluate(self, predictions, predict_dir, arrays_store, samples, split, fingerprint, figures):
         import matplotlib.pyplot as plt
         from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 

@@ -23,6 +23,7 @@ import pandas as pd
 from snakescope.images import object_areas, read_mask, resize_image
 from snakescope.io import InputError, save_figure, write_tiff
 from snakescope.plots import displayable, orthogonal_views
+from snakescope.store import open_store
 from snakescope.tasks.base import Predictor, Task
 from snakescope.uncertainty_measures import mutual_information, normalised_entropy, tracks_error
 
@@ -248,10 +249,9 @@ class Segmentation(Task):
             "median_object_area": median_object_area(targets.values(), background=values[0]),
         }
 
-    def encode_targets(self, targets: dict, fingerprint: dict) -> dict:
+    def encode_target(self, target: np.ndarray, fingerprint: dict) -> np.ndarray:
         # Stored mask values (e.g. 0/128/255) -> class indices 0, 1, 2 in sorted order.
-        mask_values = np.asarray(fingerprint["mask_values"], dtype=np.int64)
-        return {k: np.searchsorted(mask_values, v).astype(np.int64) for k, v in targets.items()}
+        return np.searchsorted(np.asarray(fingerprint["mask_values"], dtype=np.int64), target).astype(np.int64)
 
     def out_channels(self, fingerprint: dict) -> int:
         return int(fingerprint.get("num_classes", 2))
@@ -321,12 +321,12 @@ class Segmentation(Task):
         _uncertainty_figure(frame, out / "uncertainty_vs_error.png")
         return frame, tracks_error(np.concatenate(pixel_uncertainty), np.concatenate(pixel_correct), "pixels")
 
-    def evaluate(self, predictions, predict_dir, arrays_npz, samples, split, fingerprint, figures):
+    def evaluate(self, predictions, predict_dir, arrays_store, samples, split, fingerprint, figures):
         import tifffile
 
         n_classes = fingerprint["num_classes"]
         rows, examples = [], []
-        with np.load(arrays_npz) as arrays:
+        with open_store(arrays_store) as arrays:
             train_counts = np.zeros(n_classes)
             for sample_id in split["train"]:
                 train_counts += np.bincount(arrays[f"target/{sample_id}"].ravel(), minlength=n_classes)[:n_classes]

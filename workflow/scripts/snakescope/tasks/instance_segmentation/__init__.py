@@ -128,9 +128,9 @@ class InstancePredictor(Predictor):
 
                 restore_detector(self.model, self.payload)
             return
-        self.min_area = minimum_object_area(training_object_areas(data.arrays_npz, data.split["train"]))
+        self.min_area = minimum_object_area(training_object_areas(data.arrays_store, data.split["train"]))
         if self.detector or self.object_threshold is None:
-            val_items = self.task.load_items(data.arrays_npz, data.samples, data.split.get("val", []), self.plan)
+            val_items = self.task.load_items(data.arrays_store, data.samples, data.split.get("val", []), self.plan)
             if self.detector:
                 from snakescope.tasks.instance_segmentation.detector import (
                     restore_detector,
@@ -226,8 +226,8 @@ class InstanceSegmentation(Segmentation):
     def fingerprint(self, settings: dict, samples: list, targets: dict, spatial_dims: int) -> dict:
         return instance_fingerprint(targets)
 
-    def encode_targets(self, targets: dict, fingerprint: dict) -> dict:
-        return targets
+    def encode_target(self, target: np.ndarray, fingerprint: dict) -> np.ndarray:
+        return target  # instance ids as they are, not mapped to class indices
 
     def training_items(self, items: list[dict]) -> list[dict]:
         return to_class_items(items)  # U-Net + watershed: learn background / interior / boundary
@@ -317,14 +317,14 @@ class InstanceSegmentation(Segmentation):
             summary.update(tracks_error(frame["uncertainty"].to_numpy(), frame["matched"].to_numpy(), "objects"))
         return frame, summary
 
-    def evaluate(self, predictions, predict_dir, arrays_npz, samples, split, fingerprint, figures):
-        return evaluate_instances(predictions, predict_dir, arrays_npz, split, figures)
+    def evaluate(self, predictions, predict_dir, arrays_store, samples, split, fingerprint, figures):
+        return evaluate_instances(predictions, predict_dir, arrays_store, split, figures)
 
     def output_names(self, payload: dict) -> list[str]:
         return list(UNET_CLASSES)
 
-    def export_settings(self, arrays_npz: str, split: dict) -> dict:
-        return {"min_object_area": minimum_object_area(training_object_areas(arrays_npz, split["train"]))}
+    def export_settings(self, arrays_store: str, split: dict) -> dict:
+        return {"min_object_area": minimum_object_area(training_object_areas(arrays_store, split["train"]))}
 
     def export_notes(self, payload: dict) -> list[str]:
         return ["The package gives the U-Net's probabilities of background, object interior and object boundary.",

@@ -11,11 +11,13 @@ foreground.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, MutableMapping
 
 import numpy as np
 
 from snakescope.images import object_areas
 from snakescope.io import InputError
+from snakescope.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def _label_leftovers(labels: np.ndarray, foreground: np.ndarray) -> np.ndarray:
     return labels
 
 
-def masks_are_binary(masks: list[np.ndarray]) -> bool:
+def masks_are_binary(masks: Iterable[np.ndarray]) -> bool:
     """True when every mask holds at most one non-zero value (binary masks, not instance labels).
 
     Decided over the whole dataset rather than per image: a single image with one object looks the
@@ -74,11 +76,12 @@ def masks_are_binary(masks: list[np.ndarray]) -> bool:
     return all(len(np.unique(m[m != 0])) <= 1 for m in masks)
 
 
-def prepare_instance_targets(targets: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], bool]:
-    """Instance label images for `convert`: as given, or derived from binary masks.
+def prepare_instance_targets(targets: MutableMapping[str, np.ndarray]) -> tuple[MutableMapping[str, np.ndarray], bool]:
+    """Instance label images for `convert`: as given, or derived from binary masks (replaced in
+    `targets`, one at a time, so that a mapping held on disk stays there).
 
     Returns:
-        ({id: YX int64 labels}, whether they were derived from binary masks).
+        (`targets`, now {id: YX int64 labels}; whether they were derived from binary masks).
 
     Raises:
         InputError when no mask holds any object.
@@ -88,10 +91,11 @@ def prepare_instance_targets(targets: dict[str, np.ndarray]) -> tuple[dict[str, 
             f"all {len(targets)} masks are empty (only background, 0); there are no objects to "
             "learn. Check the ground-truth folder and layout.masks."
         )
-    derived = bool(targets) and masks_are_binary(list(targets.values()))
+    derived = bool(targets) and masks_are_binary(targets.values())
     if derived:
         log.info("the masks are binary: deriving instances (connected components + distance watershed)")
-        targets = {k: binary_to_instances(v).astype(np.int64) for k, v in targets.items()}
+        for key in list(targets):
+            targets[key] = binary_to_instances(targets[key]).astype(np.int64)
     return targets, derived
 
 
@@ -148,8 +152,8 @@ def to_class_items(items: list[dict]) -> list[dict]:
     ]
 
 
-def training_object_areas(arrays_npz: str, ids: list[str]) -> np.ndarray:
-    with np.load(arrays_npz) as arrays:
+def training_object_areas(arrays_store: str, ids: list[str]) -> np.ndarray:
+    with open_store(arrays_store) as arrays:
         return np.concatenate(
             [object_areas(arrays[f"target/{i}"]) for i in ids if f"target/{i}" in arrays] or [np.zeros(0)]
         )

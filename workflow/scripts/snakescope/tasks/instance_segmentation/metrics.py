@@ -10,6 +10,7 @@ image.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pandas as pd
 
 from snakescope.io import save_figure
 from snakescope.plots import displayable
+from snakescope.store import StoredArrays, open_store
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2).tolist())  # 0.5, 0.55, ..., 0.95
 
@@ -162,14 +164,18 @@ def grey(image: np.ndarray) -> np.ndarray:
     return np.asarray(image, dtype=np.float32).mean(0)
 
 
-def objects_are_bright(images: list[np.ndarray], targets: list[np.ndarray]) -> bool:
+def objects_are_bright(images: Iterable[np.ndarray], targets: Iterable[np.ndarray]) -> bool:
     """Whether objects are brighter than background in the training images (grey = channel mean).
 
     Fluorescent nuclei are bright on dark; haematoxylin-stained nuclei in H&E are dark on light.
     """
-    inside = np.concatenate([grey(i)[t > 0] for i, t in zip(images, targets, strict=True)])
-    outside = np.concatenate([grey(i)[t == 0] for i, t in zip(images, targets, strict=True)])
-    return bool(inside.mean() > outside.mean())
+    sums, counts = np.zeros(2), np.zeros(2)  # object, background; one image at a time
+    for image, target in zip(images, targets, strict=True):
+        grey_image = grey(image)
+        for k, where in enumerate((target > 0, target == 0)):
+            sums[k] += grey_image[where].sum(dtype=np.float64)
+            counts[k] += where.sum()
+    return bool(sums[0] / counts[0] > sums[1] / counts[1])
 
 
 def otsu_instances(image: np.ndarray, bright_objects: bool) -> np.ndarray:
@@ -190,16 +196,16 @@ def otsu_instances(image: np.ndarray, bright_objects: bool) -> np.ndarray:
 
 
 def evaluate_instances(
-    predictions: pd.DataFrame, predict_dir: Path, arrays_npz: str, split: dict, figures: Path
+    predictions: pd.DataFrame, predict_dir: Path, arrays_store: str, split: dict, figures: Path
 ) -> tuple[dict, pd.DataFrame]:
     """Per-image metrics (model and Otsu baseline), their means, and figures: overlays, AP vs IoU, boxplot."""
     import tifffile
 
     rows, examples, curves, baseline_curves = [], [], [], []
-    with np.load(arrays_npz) as arrays:
+    with open_store(arrays_store) as arrays:
         train_ids = [i for i in split["train"] if f"target/{i}" in arrays]
         bright = objects_are_bright(
-            [arrays[f"image/{i}"] for i in train_ids], [arrays[f"target/{i}"] for i in train_ids]
+            StoredArrays(arrays, [f"image/{i}" for i in train_ids]), StoredArrays(arrays, [f"target/{i}" for i in train_ids])
         )
         for _, prediction in predictions.iterrows():
             sample_id = prediction["id"]

@@ -23,6 +23,7 @@ import pandas as pd
 
 from snakescope.images import resize_image
 from snakescope.io import InputError, save_figure, write_tiff
+from snakescope.store import open_store
 from snakescope.tasks.base import Predictor, Task
 from snakescope.tasks.regression import metrics
 from snakescope.tasks.regression.targets import (
@@ -123,10 +124,10 @@ class Regression(Task):
 
         return read
 
-    def prepare_plan(self, plan: dict, fingerprint: dict, arrays_npz: str, split: dict, cfg) -> dict:
+    def prepare_plan(self, plan: dict, fingerprint: dict, arrays_store: str, split: dict, cfg) -> dict:
         # Target scaling from the training split only; it travels in the saved plan, so predict and
         # uncertainty map outputs back to the target's units.
-        plan = {**plan, "target_normalisation": fit_target_normalisation(arrays_npz, split["train"],
+        plan = {**plan, "target_normalisation": fit_target_normalisation(arrays_store, split["train"],
                                                                          plan["spatial_dims"])}
         # None unless input ~ target units (and the config allows it)
         plan["input_residual"] = input_residual(plan, fingerprint) if cfg.residual_learning else None
@@ -177,7 +178,7 @@ class Regression(Task):
         plan = payload["plan"]
         rng = np.random.default_rng(0)
         rows, stds, errors = [], [], []
-        with np.load(data.arrays_npz) if data else nullcontext({}) as arrays:  # no data: new images
+        with open_store(data.arrays_store) if data else nullcontext({}) as arrays:  # no data: new images
             for item in items:
                 image = torch.as_tensor(item["image"][None]).to(device)
                 draws = sample_dropout(model, image, plan, samples, self.mc_rows_per_pass)[:, 0].numpy()
@@ -220,8 +221,8 @@ class Regression(Task):
             _uncertainty_figure(std_all, error_all, out / "uncertainty_vs_error.png")
         return frame, summary
 
-    def evaluate(self, predictions, predict_dir, arrays_npz, samples, split, fingerprint, figures):
-        return metrics.evaluate(predictions, predict_dir, arrays_npz, split, fingerprint, figures)
+    def evaluate(self, predictions, predict_dir, arrays_store, samples, split, fingerprint, figures):
+        return metrics.evaluate(predictions, predict_dir, arrays_store, split, fingerprint, figures)
 
 
 def _scale_of(stats: dict) -> tuple[list[float], list[float]]:

@@ -12,6 +12,7 @@ per-pixel linear least-squares fit of the target from the input channels on the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 
 from snakescope.io import read_image, save_figure
 from snakescope.plots import display_2d, displayable, orthogonal_views
+from snakescope.store import StoredArrays, open_store
 from snakescope.tasks.regression.targets import as_channels_first
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ def regression_metrics(truth: np.ndarray, prediction: np.ndarray, data_range: fl
 
 
 def fit_linear_baseline(
-    images: list[np.ndarray], targets: list[np.ndarray], max_pixels: int = 200_000, seed: int = 0
+    images: Sequence[np.ndarray], targets: Sequence[np.ndarray], max_pixels: int = 200_000, seed: int = 0
 ) -> np.ndarray:
     """Least-squares coefficients (C_in + 1, C_out) mapping input pixel intensities to the target.
 
@@ -130,7 +132,7 @@ def read_prediction(path: Path, target_shape: tuple[int, ...]) -> np.ndarray:
 def evaluate(
     predictions: pd.DataFrame,
     predict_dir: Path,
-    arrays_npz: str,
+    arrays_store: str,
     split: dict,
     fingerprint: dict,
     figures: Path,
@@ -144,13 +146,13 @@ def evaluate(
     spatial_dims = fingerprint["spatial_dims"]
     kind = baseline_kind(fingerprint)
     rows, examples = [], []
-    with np.load(arrays_npz) as arrays:
+    with open_store(arrays_store) as arrays:
         coefficients = None
         if kind == "linear":
             ids = [i for i in split["train"] if f"target/{i}" in arrays]
             coefficients = fit_linear_baseline(
-                [arrays[f"image/{i}"] for i in ids],
-                [as_channels_first(arrays[f"target/{i}"], spatial_dims) for i in ids],
+                StoredArrays(arrays, [f"image/{i}" for i in ids]),
+                StoredArrays(arrays, [f"target/{i}" for i in ids], lambda t: as_channels_first(t, spatial_dims)),
             )
         for _, prediction_row in predictions.iterrows():
             sample_id = prediction_row["id"]

@@ -25,11 +25,13 @@ same U-Net learning the whole mapping from per-image normalised input. The affin
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 from snakescope.images import to_channels_first
 from snakescope.io import InputError, read_image
+from snakescope.store import StoredArrays, open_store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def read_target(path: str, spatial_shape: tuple[int, ...], spatial_dims: int) ->
 
 
 def target_statistics(
-    targets: list[np.ndarray],
+    targets: Sequence[np.ndarray],
     percentiles: tuple[float, float] = TARGET_PERCENTILES,
     max_pixels: int = 200_000,
     seed: int = 0,
@@ -104,15 +106,12 @@ def as_channels_first(target: np.ndarray, spatial_dims: int) -> np.ndarray:
     return target[None] if target.ndim == spatial_dims else target
 
 
-def fit_target_normalisation(arrays_npz: str, train_ids: list[str], spatial_dims: int) -> dict:
-    """`target_statistics` of the training split's targets in a packed `arrays.npz`."""
-    with np.load(arrays_npz) as arrays:
-        targets = [
-            as_channels_first(arrays[f"target/{i}"], spatial_dims)
-            for i in train_ids
-            if f"target/{i}" in arrays
-        ]
-    stats = target_statistics(targets)
+def fit_target_normalisation(arrays_store: str, train_ids: list[str], spatial_dims: int) -> dict:
+    """`target_statistics` of the training split's targets in a packed `arrays.zarr`."""
+    with open_store(arrays_store) as arrays:
+        keys = [f"target/{i}" for i in train_ids if f"target/{i}" in arrays]
+        targets = StoredArrays(arrays, keys, lambda target: as_channels_first(target, spatial_dims))
+        stats = target_statistics(targets)
     log.info("target normalisation from %d training targets: %s", len(targets), stats)
     return stats
 
