@@ -121,7 +121,7 @@ def train_and_score(settings: dict, model: str, prepared: Path, split: dict, poo
     run.mkdir(parents=True, exist_ok=True)
     write_json(split, run / "splits.json")
     write_json({"train": [], "val": [], "test": pool}, run / "pool.json")
-    files = [str(prepared / name) for name in ("arrays.npz", "samples.tsv")]
+    files = [str(prepared / name) for name in ("arrays.zarr", "samples.tsv")]
     write_json(make_plan(settings, read_json(prepared / "fingerprint.json")), run / "plan.json")
     fit(*files, str(run / "splits.json"), str(run / "plan.json"), str(prepared / "fingerprint.json"),
         TrainConfig.from_settings(settings, model=model, seed=seed), str(run / "model.pt"),
@@ -143,7 +143,7 @@ def simulate(name: str, spec: dict, out: Path, seeds: list[int], mc_samples: int
     (settings,) = resolve_datasets({**spec["config"], "augmentations": ["flip", "rotate90"], "seed": 0}).values()
     prepared = out / "prepared"
     if not (prepared / "fingerprint.json").is_file():
-        convert_dataset(stage_settings(settings, "convert"), prepared / "arrays.npz", prepared / "samples.tsv",
+        convert_dataset(stage_settings(settings, "convert"), prepared / "arrays.zarr", prepared / "samples.tsv",
                         prepared / "fingerprint.json")
     fixed = write_split(str(prepared / "samples.tsv"), stage_settings(settings, "split"), str(prepared / "splits.json"))
     rows = []

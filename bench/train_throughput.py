@@ -3,9 +3,9 @@
 For each case (U-Net 512x512 batch 16, ResNet-50 224x224 batch 128) it times
 
 * bare: random tensors already on the device, Adam, bf16 autocast (CUDA), channels-last, cross-entropy;
-* snakescope: the `train` rule's step on its real data path: a converted intermediate (arrays.npz and
+* snakescope: the `train` rule's step on its real data path: a converted intermediate (arrays.zarr and
   samples.tsv in convert's format, written to a temporary folder from synthetic arrays), loaded with
-  `snakescope.engine.data.load_items`, batched and augmented by `snakescope.engine.data.TrainBatches` with the
+  `snakescope.engine.items.load_items`, batched and augmented by `snakescope.engine.data.TrainBatches` with the
   configured augmentations (flip, rotate90 by default), trained by `snakescope.engine.trainer.Trainer.train_epoch` with
   the task's default loss, under the global settings `fit` uses (`seed_everything`: deterministic
   algorithms on the CPU only, cuDNN autotuning off);
@@ -36,6 +36,7 @@ from torch import nn  # noqa: E402
 
 from snakescope.augment import make_plan  # noqa: E402
 from snakescope.engine import data, models, networks  # noqa: E402
+from snakescope.engine.items import StoredItems  # noqa: E402
 from snakescope.engine.runtime import autocast_dtype, seed_everything  # noqa: E402
 from snakescope.engine.trainer import Trainer, patches_per_image  # noqa: E402
 from snakescope.io import read_samples  # noqa: E402
@@ -114,11 +115,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def write_intermediate(
     folder: Path, task: str, n: int, channels: int, size: int, n_classes: int, seed: int = 0
 ) -> tuple[str, str, list[str], dict]:
-    """arrays.npz (image/<id> float32 CYX at native intensity, target/<id> int64 YX) and samples.tsv.
+    """arrays.zarr (convert's store: float32 CYX images at native intensity, int64 YX targets) and samples.tsv.
 
     Returns (arrays path, samples path, ids, fingerprint).
     """
     import pandas as pd
+
+    from snakescope.store import write_store
 
     rng = np.random.default_rng(seed)
     ids = [f"s{i:04d}" for i in range(n)]
@@ -140,8 +143,10 @@ def write_intermediate(
             arrays[f"target/{sample_id}"] = rng.integers(0, n_classes, size=(size, size), dtype=np.int64)
             row["label"], row["label_index"] = "", -1
         rows.append(row)
-    arrays_npz, samples_tsv = folder / "arrays.npz", folder / "samples.tsv"
-    np.savez(arrays_npz, **arrays)
+    arrays_store, samples_tsv = folder / "arrays.zarr", folder / "samples.tsv"
+    with write_store(arrays_store) as store:
+        for sample_id in ids:
+            store.add(sample_id, arrays[f"image/{sample_id}"], arrays.get(f"target/{sample_id}"))
     pd.DataFrame(rows).to_csv(samples_tsv, sep="\t", index=False)
     fingerprint = {
         "spatial_dims": 2,
@@ -152,7 +157,7 @@ def write_intermediate(
         fingerprint["classes"] = classes
     else:
         fingerprint["num_classes"] = n_classes
-    return str(arrays_npz), str(samples_tsv), ids, fingerprint
+    return str(arrays_store), str(samples_tsv), ids, fingerprint
 
 
 # -- the cases ---------------------------------------------------------------------------------------
@@ -250,11 +255,12 @@ class Snakescope:
         prepared: tuple | None = None,
         legacy: bool = False,
         autotune: bool = False,
+        stream: bool = False,
     ):
         self.device, self.case, self.deterministic, self.autotune = device, case, deterministic, autotune
         n = case["batch"] * args.batches_per_epoch
         if prepared is None:
-            arrays_npz, samples_tsv, ids, fingerprint = write_intermediate(
+            arrays_store, samples_tsv, ids, fingerprint = write_intermediate(
                 folder, case["task"], n, case["channels"], case["size"], case["classes"]
             )
             settings = {
@@ -266,11 +272,14 @@ class Snakescope:
             }
             plan = make_plan(settings, fingerprint)
             started = time.perf_counter()
-            items = get_task(case["task"]).load_items(arrays_npz, read_samples(samples_tsv), ids, plan)
+            items = get_task(case["task"]).load_items(arrays_store, read_samples(samples_tsv), ids, plan)
             self.load_seconds = time.perf_counter() - started
-            prepared = (items, plan)
+            prepared = (items, plan, arrays_store, samples_tsv, ids)
         self.prepared = prepared
-        items, plan = prepared
+        items, plan, arrays_store, samples_tsv, ids = prepared
+        if stream:  # the train rule's streamed data path: each image read from the store when batched
+            read_label = get_task(case["task"]).label_reader(read_samples(samples_tsv), plan)
+            items = StoredItems(arrays_store, ids, plan, read_label)
         seed_everything(0, device)  # as fit does
         self.model = build_network(case, args).to(device)
         if device.type == "cuda":
@@ -422,13 +431,16 @@ EXTRAS = [
     ("snakescope, cuDNN autotuning", {"autotune": True}),
     ("snakescope, data in pinned host memory", {"on_device": False}),
     ("before: MONAI per image in DataLoader workers", {"legacy": True}),
+    ("snakescope, streamed from the store (data_path: stream)", {"stream": True}),
 ]
 
 
 def run_extras(context: dict, args, device: torch.device) -> list[dict]:
     """Rows that attribute a gap: the same step with one thing changed."""
     rows = []
-    for variant, options in EXTRAS:
+    # on the CPU only the streamed row applies: the others attribute GPU effects (cuDNN, pinned copies)
+    extras = EXTRAS if device.type == "cuda" else [(v, o) for v, o in EXTRAS if o.get("stream")]
+    for variant, options in extras:
         row = {**context["common"], "variant": variant}
         try:
             base = benchlib.reset_peak(device)
@@ -475,7 +487,7 @@ def main(argv=None) -> dict:
             case_rows, context = run_case(name, args, device, folder)
             rows += case_rows
             contexts.append(context)
-        if not args.no_extras and device.type == "cuda":
+        if not args.no_extras:
             for context in contexts:
                 rows += run_extras(context, args, device)
     benchlib.print_table(rows, ["case", "variant", "images_per_s", "ratio", "peak_gib", "parameters_M"])

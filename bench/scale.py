@@ -1,0 +1,136 @@
+"""How memory and disk grow with the number of images: convert, train and predict on synthetic sets.
+
+For each size, a synthetic segmentation set of RGB images with their masks (the demo generator,
+snakescope.synthetic, at --side pixels) is converted, split, trained for one batch (unet_small) and
+predicted; each stage runs in its own process, whose peak RSS is read from the kernel (wait4). The
+table gives the image files' bytes on disk, the raw pixel bytes (uint8 image + uint8 mask), the converted
+store's bytes and its ratio to the raw bytes, and each stage's peak RSS.
+
+    .venv/bin/python bench/scale.py --sizes 100 400 1600 --side 512 --memory-cap-gb 3 --out /tmp/scale
+
+Each stage plans what it holds from the memory it may use (snakescope.resources): under the 3 GB cgroup,
+convert spills what it reads beyond 0.75 GB to disk and training streams from the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from benchlib import print_table  # noqa: E402
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def memory_cgroup(cap_gb: float) -> Path:
+    """A new memory cgroup limited to `cap_gb` (needs root; cgroup v2, else v1's memory controller)."""
+    name = f"snakescope_scale_{os.getpid()}"
+    unified, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/memory")
+    group = v1 / name if v1.is_dir() else unified / name
+    group.mkdir()
+    limit = str(int(cap_gb * 2**30))
+    (group / ("memory.limit_in_bytes" if v1.is_dir() else "memory.max")).write_text(limit)
+    if (group / "memory.memsw.limit_in_bytes").exists():  # swap counts too, where it is accounted
+        (group / "memory.memsw.limit_in_bytes").write_text(limit)
+    return group
+
+
+def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None) -> tuple[float, float]:
+    """Run `stage` in a child process (inside `cgroup` when given): (peak RSS in GiB, seconds)."""
+    started = time.perf_counter()
+    enter = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
+    child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--out", str(work), "--data-path", data_path],
+                             preexec_fn=enter)
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"stage {stage} failed for {work}")
+    return usage.ru_maxrss / 2**20, time.perf_counter() - started  # ru_maxrss is in KiB on Linux
+
+
+def stage(name: str, work: Path, data_path: str) -> None:
+    """One stage, run in a child process (see `run_stage`)."""
+    sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
+    from snakescope.augment import make_plan
+    from snakescope.config import TrainConfig, resolve_datasets, stage_settings
+    from snakescope.io import read_json, write_json
+
+    config = {"task": "segmentation", "data_dir": str(work / "data"), "epochs": 1, "batch_size": 4,
+              "augmentations": ["flip"], "device": "cpu", "patch_size": [256, 256], "data_path": data_path}
+    (settings,) = resolve_datasets(config).values()
+    out = work / "prepared"
+    if name == "convert":
+        from snakescope.convert import convert_dataset
+        from snakescope.split import write_split
+
+        convert_dataset(stage_settings(settings, "convert"), out / "arrays.zarr", out / "samples.tsv",
+                        out / "fingerprint.json")
+        write_split(str(out / "samples.tsv"), stage_settings(settings, "split"), str(out / "splits.json"))
+        write_json(make_plan(settings, read_json(out / "fingerprint.json")), out / "plan.json")
+    elif name == "train":
+        from snakescope.train import fit
+
+        cfg = TrainConfig.from_settings(settings, model="unet_small", seed=0)
+        cfg = TrainConfig(**{**cfg.__dict__, "max_batches_per_epoch": 1})
+        fit(str(out / "arrays.zarr"), str(out / "samples.tsv"), str(out / "splits.json"), str(out / "plan.json"),
+            str(out / "fingerprint.json"), cfg, str(work / "model.pt"), str(work / "history.tsv"),
+            str(work / "card.json"), str(work / "train"), threads=2)
+    elif name == "predict":
+        from snakescope.predict import predict_dataset
+
+        predict_dataset(str(work / "model.pt"), str(out / "arrays.zarr"), str(out / "samples.tsv"),
+                        str(out / "splits.json"), str(work / "predict"), device="cpu", threads=2)
+
+
+def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path | None = None) -> dict:
+    sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
+    from snakescope.synthetic import write_demo_dataset
+
+    work = root / f"n{n_images}_side{side}"
+    data = write_demo_dataset(work / "data", n_images=n_images, size=side)
+    row = {"images": n_images, "side": side, "data_path": data_path, "files_MB": folder_bytes(data) / 1e6,
+           "raw_MB": n_images * side * side * 4 / 1e6}  # RGB uint8 image + uint8 mask
+    for name in ("convert", "train", "predict"):
+        row[f"{name}_GiB"], row[f"{name}_s"] = run_stage(name, work, data_path, cgroup)
+    row["train_read"] = json.loads((work / "card.json").read_text())["training"]["data_path"]  # memory or stream
+    row["store_MB"] = folder_bytes(work / "prepared" / "arrays.zarr") / 1e6
+    row["store_per_raw"] = row["store_MB"] / row["raw_MB"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400])
+    parser.add_argument("--side", type=int, default=512)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/snakescope_scale"))
+    parser.add_argument("--stage", choices=["convert", "train", "predict"], help=argparse.SUPPRESS)
+    parser.add_argument("--data-path", choices=["auto", "memory", "stream"], default="auto",
+                        help="how training reads its images (the config's data_path)")
+    parser.add_argument("--memory-cap-gb", type=float,
+                        help="run every stage in a memory cgroup of this size (root only)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parser.parse_args()
+    if args.stage:
+        stage(args.stage, args.out, args.data_path)
+        return
+    cgroup = memory_cgroup(args.memory_cap_gb) if args.memory_cap_gb else None
+    try:
+        rows = [measure(n, args.side, args.out, args.data_path, cgroup) for n in args.sizes]
+    finally:
+        if cgroup:
+            cgroup.rmdir()
+    print_table(rows, list(rows[0]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
