@@ -68,6 +68,69 @@ def test_segmentation_from_the_run_equals_predict_and_ranks_by_uncertainty(small
     assert (summary["kind"], summary["mc_samples"], summary["n_images"]) == ("run", 4, len(test_ids))
 
 
+def test_an_image_too_large_for_memory_is_predicted_block_by_block_as_whole(small_run, tmp_path, monkeypatch):
+    """A mosaic of 5 x 5 demo images (160 x 160 pixels, three classes) as a tiled TIFF, applied whole and
+    then block by block (the memory budget forced to 0; blocks of 64 pixels, margins of 16 for the
+    32-pixel patch)."""
+    import zarr
+
+    from snakescope.engine import tiled
+
+    root, folder, prepared = small_run("segmentation")
+    tiles = [tifffile.imread(path) for path in sorted((folder / "image").glob("*.tif"))]
+    tiles = [tiles[i % len(tiles)] for i in range(25)]
+    mosaic = np.concatenate([np.concatenate(tiles[row * 5:row * 5 + 5], axis=1) for row in range(5)], axis=0)
+    images = tmp_path / "new"
+    images.mkdir()
+    tifffile.imwrite(images / "mosaic.tif", mosaic, tile=(64, 64), photometric="rgb")
+    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 64)
+    apply_model(str(root), str(images), str(tmp_path / "whole"), mc_samples=2, device="cpu")
+    ranking = apply_model(str(root), str(images), str(tmp_path / "blocks"), mc_samples=2, device="cpu",
+                          memory_budget=0)
+    assert read_json(tmp_path / "blocks/summary.json")["predicted_in_blocks"] == ["mosaic"]
+    whole_probability = tifffile.imread(tmp_path / "whole/predictions/mosaic_prob.tif")
+    prediction = zarr.open_group(str(tmp_path / "blocks/predictions/mosaic.ome.zarr"), mode="r")
+    probability = np.asarray(prediction["0"])
+    assert probability.shape == whole_probability.shape == (3, 160, 160)
+    # the blocks' windows are the whole image's (unet_small normalises each window: any other placement
+    # would change every pixel), blended in another order
+    np.testing.assert_allclose(probability, whole_probability, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(prediction["labels/mask/0"]),
+                                  tifffile.imread(tmp_path / "whole/predictions/mosaic_mask.tif"))
+    table = pd.read_csv(tmp_path / "blocks/predictions/predictions.csv")
+    assert table[["id", "filename", "prob", "mask"]].values.tolist() == [
+        ["mosaic", "mosaic.tif", "mosaic.ome.zarr", "mosaic.ome.zarr/labels/mask"]]
+    entropy = np.asarray(zarr.open_group(str(tmp_path / "blocks/uncertainty/mosaic_uncertainty.ome.zarr"), mode="r")["0"])
+    assert ranking["uncertainty"].tolist() == [pytest.approx(float(entropy.mean()), rel=1e-5)]
+
+
+def test_a_regression_image_too_large_for_memory_is_predicted_block_by_block_as_whole(small_run, tmp_path,
+                                                                                      monkeypatch):
+    import zarr
+
+    from snakescope.engine import tiled
+
+    root, folder, _ = small_run("regression")  # 48 x 48 float images, patch 32: blocks of 24 with margins of 48
+    images = new_images(folder, tmp_path / "new")
+    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 24)
+    apply_model(str(root), str(images), str(tmp_path / "whole"), mc_samples=2, device="cpu")
+    apply_model(str(root), str(images), str(tmp_path / "blocks"), mc_samples=2, device="cpu", memory_budget=0)
+    table = pd.read_csv(tmp_path / "blocks/predictions/predictions.csv")
+    assert sorted(table["prediction"]) == sorted(f"{p.stem}.ome.zarr" for p in images.iterdir())
+    for name in table["prediction"]:
+        blocked = np.asarray(zarr.open_group(str(tmp_path / "blocks/predictions" / name), mode="r")["0"])
+        whole = tifffile.imread(tmp_path / "whole/predictions" / name.replace(".ome.zarr", "_pred.tif"))
+        np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-3)  # target units: values in the hundreds
+
+
+def test_an_image_too_large_for_a_whole_image_task_says_how_to_cut_it(small_run, tmp_path):
+    root, folder, _ = small_run("classification")
+    images = new_images(folder, tmp_path / "new")
+    with pytest.raises(InputError, match=r"too large to predict whole .* classification model needs the whole image"):
+        apply_model(str(root), str(images), str(tmp_path / "out"), device="cpu", memory_budget=0)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("task", ["classification", "regression", "instance_segmentation"])
 def test_run_and_exported_package_give_the_same_predictions(task, small_run, tmp_path):
     root, folder, prepared = small_run(task)

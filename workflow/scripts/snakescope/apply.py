@@ -12,7 +12,10 @@ single pass for classes (no spread for regression), and the ranking says so.
 
 Images are checked (readable, the dimensionality, channels and size the model takes) before anything
 is written, every problem reported at once, then read and predicted one at a time, so memory does not
-grow with the folder; a large image goes through the sliding window of its training patch size.
+grow with the folder; an image larger than its training patch goes through the sliding window of that
+patch. A TIFF or OME-Zarr image too large to predict whole in the memory the job may use (a whole-slide
+image) is read and predicted block by block (`snakescope.tiled`; segmentation and regression), its
+outputs written as OME-Zarr, its uncertainty the entropy of one pass rather than MC-dropout samples.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from snakescope.convert import read_sample_image
 from snakescope.convert.samples import image_files
 from snakescope.convert.validate import raise_if_any
 from snakescope.engine.runtime import select_device
+from snakescope.engine.tiled import LAZY_SUFFIXES, LazyImage, fits_whole
 from snakescope.engine.transforms import normalise
 from snakescope.images import resize_image, to_channels_first
 from snakescope.io import (
@@ -127,43 +131,91 @@ def prepare_image(path: Path, payload: dict) -> np.ndarray:
     """
     spec, plan = payload["spec"], payload["plan"]
     image = to_channels_first(read_sample_image(str(path)), str(path), spec["spatial_dims"])
-    if image.shape[0] != spec["in_channels"]:
-        raise InputError(
-            f"{path}: {image.shape[0]} channel(s), but the model was trained on images with {spec['in_channels']}. "
-            "Give images with the channels of the training images (same colour mode and channel order)."
-        )
-    if plan.get("patch_size"):
-        need = [smallest_side(p) for p in plan["patch_size"]]
-        if any(s < n for s, n in zip(image.shape[1:], need, strict=True)):
-            raise InputError(
-                f"{path}: {'x'.join(map(str, image.shape[1:]))} pixels, smaller than the model takes "
-                f"(at least {'x'.join(map(str, need))} for its {'x'.join(map(str, plan['patch_size']))} patch). "
-                "Give larger images (or pad them)."
-            )
+    _check_fits_model(path, image.shape, payload)
     if payload.get("input_size"):
         image = resize_image(image, payload["input_size"])
     return normalise(image, plan)
 
 
+def _check_fits_model(path: Path, shape: tuple[int, ...], payload: dict) -> None:
+    """An image's C+spatial `shape` against the channels and smallest size the model takes."""
+    spec, plan = payload["spec"], payload["plan"]
+    if shape[0] != spec["in_channels"]:
+        raise InputError(
+            f"{path}: {shape[0]} channel(s), but the model was trained on images with {spec['in_channels']}. "
+            "Give images with the channels of the training images (same colour mode and channel order)."
+        )
+    if plan.get("patch_size"):
+        need = [smallest_side(p) for p in plan["patch_size"]]
+        if any(s < n for s, n in zip(shape[1:], need, strict=True)):
+            raise InputError(
+                f"{path}: {'x'.join(map(str, shape[1:]))} pixels, smaller than the model takes "
+                f"(at least {'x'.join(map(str, need))} for its {'x'.join(map(str, plan['patch_size']))} patch). "
+                "Give larger images (or pad them)."
+            )
+
+
+def large_image(path: Path, payload: dict, predicts_in_blocks: bool, memory_budget: int | None = None
+                ) -> LazyImage | None:
+    """A TIFF or OME-Zarr image opened lazily when it is too large to predict whole (`fits_whole`), else
+    None (PNG and JPEG are always predicted whole).
+
+    Raises:
+        InputError naming the file and the fix when it does not fit the model or cannot be predicted in
+        blocks (a task that needs the whole image, a model trained on resized images).
+    """
+    if path.suffix.lower() not in LAZY_SUFFIXES and not is_zarr_group(path):
+        return None
+    spec, plan = payload["spec"], payload["plan"]
+    try:
+        image = LazyImage(path, spec["spatial_dims"])
+    except InputError:  # axes it cannot place: the whole-image reader says what is wrong, and how to fix it
+        return None
+    if fits_whole(image.shape, spec["out_channels"], memory_budget):
+        return None
+    size = "x".join(map(str, image.spatial_shape))
+    if not predicts_in_blocks:
+        raise InputError(
+            f"{path}: {size} pixels, too large to predict whole in the memory this job may use, and a "
+            f"{plan['task']} model needs the whole image (semantic segmentation and regression predict block "
+            "by block). Cut the image into smaller images, or give the job more memory."
+        )
+    if payload.get("input_size") or not plan.get("patch_size"):
+        raise InputError(
+            f"{path}: {size} pixels, too large to predict whole in the memory this job may use, and the model "
+            "was trained on resized whole images, so it cannot predict block by block. Cut the image into "
+            "images of the training size, or train without resize."
+        )
+    _check_fits_model(path, image.shape, payload)
+    return image
+
+
 def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceData | None = None,
                 mc_samples: int = 20, threshold: str | float = "otsu", device: str = "auto", threads: int = 1,
-                seed: int = 0) -> pd.DataFrame:
+                seed: int = 0, memory_budget: int | None = None) -> pd.DataFrame:
     """Predict, sample and rank every image of `images_dir`; returns the ranking (most uncertain first).
 
     Args:
         source: a run folder, model.pt or package.zip (see `load_source`).
         training: the run's packed data and split; instance segmentation tunes its post-processing on
             the validation images with it, as `predict` does (None: defaults, logged).
+        memory_budget: bytes an image may take to be predicted whole (None: a share of the memory this
+            process may use, see `snakescope.tiled.fits_whole`); larger ones are predicted in blocks.
     """
     torch.set_num_threads(max(1, threads))
     torch_device = select_device(device)
     model, payload, kind = load_source(source, torch_device)
     task = get_task(payload["plan"]["task"])
     files = new_image_files(images_dir)
-    errors = []
+    predictor = task.predictor(model, payload, training, threshold, torch_device)
+    errors, large = [], {}
     for path in files:  # check them all before writing anything
         try:
-            prepare_image(path, payload)
+            image = large_image(path, payload, predictor.predicts_in_blocks, memory_budget)
+            if image is None:
+                prepare_image(path, payload)
+            else:
+                large[path.stem] = image
         except InputError as error:
             errors.append(str(error))
     raise_if_any(errors)
@@ -172,32 +224,45 @@ def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceD
     predictions_dir.mkdir(parents=True, exist_ok=True)
     uncertainty_dir.mkdir(exist_ok=True)
     names = {path.stem: path.name for path in files}
+    whole = [path for path in files if path.stem not in large]
     started = time.perf_counter()
 
-    predictor = task.predictor(model, payload, training, threshold, torch_device)
-    rows = []
-    for index, item in enumerate(_items(files, payload), start=1):
-        for row in predictor.predict([item], predictions_dir):
-            rows.append({"id": row.pop("id"), "filename": names[item["id"]], **row})
+    rows, large_uncertainty = [], []
+    for index, path in enumerate(files, start=1):
+        if path.stem in large:
+            image = large[path.stem]
+            log.info("%s: %s pixels, predicted block by block", path.name, "x".join(map(str, image.spatial_shape)))
+            row, uncertainty_row = predictor.predict_large(image, path.stem, predictions_dir, uncertainty_dir)
+            image_rows = [row]
+            large_uncertainty += [uncertainty_row] if uncertainty_row else []
+        else:
+            item = {"id": path.stem, "image": prepare_image(path, payload)}
+            image_rows = predictor.predict([item], predictions_dir)
+        rows += [{"id": row.pop("id"), "filename": names[path.stem], **row} for row in image_rows]
         _progress("predicted", index, len(files))
     predictions = pd.DataFrame(rows)
     write_table(predictions, predictions_dir / "predictions.csv")
 
     torch.manual_seed(seed)
     sampled = mc_samples if kind == "run" else 1  # a package's traced network has no dropout to sample
-    frame, _ = task.uncertainty(model, payload, _items(files, payload, "sampled"), training, sampled,
-                                torch_device, uncertainty_dir, threshold)
+    frame = pd.DataFrame()
+    if whole:
+        frame, _ = task.uncertainty(model, payload, _items(whole, payload, "sampled"), training, sampled,
+                                    torch_device, uncertainty_dir, threshold)
+    frame = pd.concat([frame, pd.DataFrame(large_uncertainty)], ignore_index=True) if large_uncertainty else frame
     write_table(frame, uncertainty_dir / "uncertainty.csv")
-    ranking = rank_images(frame, predictions)
+    ranking = rank_images(frame if len(frame) else pd.DataFrame({"id": [], "uncertainty": []}), predictions)
     write_table(ranking, out / "ranking.tsv")
     by_id = {path.stem: path for path in files}
-    ranking_figure(ranking, lambda i: to_channels_first(read_sample_image(str(by_id[i])), str(by_id[i]),
-                                                        payload["spec"]["spatial_dims"]),
+    spatial_dims = payload["spec"]["spatial_dims"]
+    ranking_figure(ranking, lambda i: large[i].thumbnail() if i in large
+                   else to_channels_first(read_sample_image(str(by_id[i])), str(by_id[i]), spatial_dims),
                    uncertainty_dir, out / "ranking.png")
     seconds = time.perf_counter() - started
     write_json({"source": str(source), "kind": kind, "model": payload["spec"]["name"], "task": task.name,
                 "n_images": len(files), "mc_samples": sampled, "seconds": seconds,
-                "uncertainty": "MC dropout" if kind == "run" else "one pass (package: no dropout sampling)"},
+                "uncertainty": "MC dropout" if kind == "run" else "one pass (package: no dropout sampling)",
+                "predicted_in_blocks": sorted(large, key=natural_key)},
                out / "summary.json")
     log.info("applied %s to %d images in %.1f s; most uncertain: %s", payload["spec"]["name"], len(files), seconds,
              ", ".join(ranking["filename"].head(3)))

@@ -260,7 +260,7 @@ def _axis_letters(path: Path, axes: list) -> str:
     return "".join(next(named) if letter == "S" else letter for letter in letters)
 
 
-def _ome_level0(path: Path):
+def ome_zarr_level0(path: Path):
     """The full-resolution array of an OME-Zarr image (a zarr Array, not yet read) and its axes as stored."""
     group = _open_zarr_group(path)
     multiscales = _ome_metadata(group).get("multiscales")
@@ -305,7 +305,7 @@ def ome_zarr_axes(path: str | Path) -> str:
     path = Path(path)
     if not is_zarr_group(path):
         return ""
-    array, letters = _ome_level0(path)
+    array, letters = ome_zarr_level0(path)
     return "".join(letters[i] for i in _kept_axes(path, array.shape, letters))
 
 
@@ -323,7 +323,7 @@ def read_ome_zarr(path: str | Path) -> np.ndarray:
         than t, c, z, y, x.
     """
     path = Path(path)
-    array, letters = _ome_level0(path)
+    array, letters = ome_zarr_level0(path)
     kept = _kept_axes(path, array.shape, letters)
     try:
         pixels = np.asarray(array[...])

@@ -86,15 +86,28 @@ def _read_array(stored) -> np.ndarray:
 
 def _write_image(group, name: str, array: np.ndarray, spatial_dims: int, label: bool = False):
     """An NGFF 0.5 single-level image `name` in `group` holding `array` (`_write_array`)."""
-    image = group.create_group(name)
+    image = _image_group(group, name, array.ndim, spatial_dims, label)
+    _write_array(image, "0", array, spatial_dims)
+    return image
+
+
+def create_image(group, name: str, shape: tuple[int, ...], dtype, spatial_dims: int, label: bool = False):
+    """An empty NGFF 0.5 single-level image `name` in `group` (`group` itself for ""); returns its array,
+    to be written region by region (chunks of `CHUNK_SIDE`)."""
+    image = _image_group(group, name, len(shape), spatial_dims, label)
+    return image.create_array("0", shape=shape, dtype=dtype, chunks=_chunks(shape, spatial_dims), overwrite=True)
+
+
+def _image_group(group, name: str, ndim: int, spatial_dims: int, label: bool):
+    image = group.create_group(name) if name else group  # "": the group itself is the image
     metadata = {
         "version": "0.5",
         "multiscales": [
             {
-                "name": name,
-                "axes": _axes(array.ndim, spatial_dims),
+                "name": name or "image",
+                "axes": _axes(ndim, spatial_dims),
                 "datasets": [
-                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * array.ndim}]}
+                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * ndim}]}
                 ],
             }
         ],
@@ -102,7 +115,6 @@ def _write_image(group, name: str, array: np.ndarray, spatial_dims: int, label: 
     if label:
         metadata["image-label"] = {"version": "0.5"}
     image.attrs["ome"] = metadata
-    _write_array(image, "0", array, spatial_dims)
     return image
 
 
@@ -141,16 +153,23 @@ class StoreWriter:
 def write_store(path: str | Path) -> Iterator[StoreWriter]:
     """Write a store at `path` through the yielded `StoreWriter`; it appears at `path` only when the block
     completes, replacing any store there."""
+    with zarr_group_atomically(path) as root:
+        writer = StoreWriter(root)
+        yield writer
+        root.attrs[_ATTRIBUTES] = {"ids": writer.ids, "targets": writer.target_arrays}
+
+
+@contextlib.contextmanager
+def zarr_group_atomically(path: str | Path):
+    """A new Zarr v3 group written beside `path` and renamed onto it (replacing any there) when the block
+    completes; removed if it raises."""
     import zarr
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        writer = StoreWriter(root)
-        yield writer
-        root.attrs[_ATTRIBUTES] = {"ids": writer.ids, "targets": writer.target_arrays}
+        yield zarr.open_group(str(tmp), mode="w", zarr_format=3)
         os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; results/ may be shared by a group
         if path.exists():
             shutil.rmtree(path)

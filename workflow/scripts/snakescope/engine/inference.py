@@ -14,6 +14,8 @@ import torch
 
 from snakescope.engine.networks import Classifier, TemperatureScaled, dropout_modules, enable_mc_dropout
 
+WINDOW_OVERLAP = 0.25  # of the sliding window's patches, along each axis
+
 
 def predict_logits(model: torch.nn.Module, image: torch.Tensor, plan: dict, batch_size: int = 4) -> torch.Tensor:
     """Raw outputs for a batch (N, C, *spatial): the network on the whole batch when the plan has no
@@ -24,9 +26,15 @@ def predict_logits(model: torch.nn.Module, image: torch.Tensor, plan: dict, batc
     from monai.inferers import sliding_window_inference
 
     return sliding_window_inference(
-        image, roi_size=plan["patch_size"], sw_batch_size=batch_size, predictor=model, overlap=0.25,
+        image, roi_size=plan["patch_size"], sw_batch_size=batch_size, predictor=model, overlap=WINDOW_OVERLAP,
         mode="gaussian", padding_mode="reflect",
     )
+
+
+def window_step(patch_size: list[int]) -> list[int]:
+    """The sliding window's step per axis, as MONAI's sliding_window_inference computes it for an image
+    larger than the patch: windows start at multiples of it, the last one flush with the image's end."""
+    return [max(1, int(p * (1 - WINDOW_OVERLAP))) for p in patch_size]
 
 
 def _has_active_dropout(module: torch.nn.Module) -> bool:

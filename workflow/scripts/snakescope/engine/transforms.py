@@ -26,32 +26,40 @@ AUGMENTATION_DEFAULTS: dict[str, dict] = {
 INTENSITY_AUGMENTATIONS = {"contrast", "brightness", "gamma", "poisson_noise", "gaussian_noise", "blur"}
 
 
-def normalise(image: np.ndarray, plan: dict) -> np.ndarray:
+def normalise(image: np.ndarray, plan: dict, statistics: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Scale a float32 C+spatial image per channel as the plan says; returns float32, same shape.
 
     percentile maps the 1st..99th percentile to 0..1 (robust to hot pixels, InstantDL's choice);
     minmax maps min..max to 0..1; zscore gives zero mean and unit variance per image;
-    dataset_zscore uses the training set's mean and std from the fingerprint.
+    dataset_zscore uses the training set's mean and std from the fingerprint. `statistics` (from
+    `normalisation_statistics`) replaces the image's own, for an image normalised part by part.
     """
-    return _normalise(image.astype(np.float32, copy=True), plan["normalisation"], plan).astype(np.float32, copy=False)
+    image = image.astype(np.float32, copy=True)
+    statistics = statistics if statistics is not None else normalisation_statistics(image, plan)
+    if statistics is None:
+        return image
+    shape = (-1,) + (1,) * (image.ndim - 1)
+    offset, scale = (np.asarray(value).reshape(shape) for value in statistics)
+    return ((image - offset) / scale).astype(np.float32, copy=False)
 
 
-def _normalise(image: np.ndarray, method: str, plan: dict) -> np.ndarray:
+def normalisation_statistics(image: np.ndarray, plan: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per channel (offset, scale) of the plan's normalisation for a C+spatial image, or for a (C, N)
+    sample of an image's pixels; None for "none"."""
+    method = plan["normalisation"]
     axes = tuple(range(1, image.ndim))
     if method == "percentile":
-        low, high = np.percentile(image, (1, 99), axis=axes, keepdims=True)
-        return (image - low) / np.maximum(high - low, 1e-6)
+        low, high = np.percentile(image, (1, 99), axis=axes)
+        return low, np.maximum(high - low, 1e-6)
     if method == "minmax":
-        low, high = image.min(axis=axes, keepdims=True), image.max(axis=axes, keepdims=True)
-        return (image - low) / np.maximum(high - low, 1e-6)
+        low, high = image.min(axis=axes), image.max(axis=axes)
+        return low, np.maximum(high - low, 1e-6)
     if method == "zscore":
-        return (image - image.mean(axis=axes, keepdims=True)) / np.maximum(image.std(axis=axes, keepdims=True), 1e-6)
+        return image.mean(axis=axes), np.maximum(image.std(axis=axes), 1e-6)
     if method == "dataset_zscore":
-        shape = (-1,) + (1,) * (image.ndim - 1)
-        mean = np.asarray(plan["dataset_mean"], np.float32).reshape(shape)
-        std = np.asarray(plan["dataset_std"], np.float32).reshape(shape)
-        return (image - mean) / np.maximum(std, 1e-6)
-    return image
+        return (np.asarray(plan["dataset_mean"], np.float32),
+                np.maximum(np.asarray(plan["dataset_std"], np.float32), 1e-6))
+    return None
 
 
 def build_train_transforms(plan: dict, has_mask: bool):

@@ -63,6 +63,14 @@ class Predictor:
         """Write the outputs of `items` under `out`; one row per item, its "id" first."""
         raise NotImplementedError
 
+    predicts_in_blocks: ClassVar[bool] = False
+
+    def predict_large(self, image, sample_id: str, out: Path, uncertainty_dir: Path) -> tuple[dict, dict | None]:
+        """For a task whose outputs are per pixel (`predicts_in_blocks`): an image too large for memory
+        (an `engine.tiled.LazyImage`), predicted block by block; returns its predictions.csv row and its
+        uncertainty.csv row (one pass, None where one pass has no spread)."""
+        raise NotImplementedError
+
 
 class Task:
     """What differs between tasks; one subclass per task, one instance (`TASK`) per task module.

@@ -150,8 +150,17 @@ def median_object_area(masks, background) -> float:
 
 
 class SegmentationPredictor(Predictor):
+    predicts_in_blocks = True
+
     def predict(self, items: list[dict], out: Path) -> list[dict]:
         return [write_segmentation(item["id"], self.probabilities(item), out, self.threshold) for item in items]
+
+    def predict_large(self, image, sample_id, out, uncertainty_dir):
+        from snakescope.engine.tiled import predict_large_segmentation
+
+        return predict_large_segmentation(image, self.plan, self.payload["spec"]["out_channels"],
+                                          lambda block: self.probabilities({"image": block}), sample_id,
+                                          self.threshold, out, uncertainty_dir)
 
     def logits(self, item: dict):
         """(1, K, *spatial) network outputs for one item (sliding window, autocast on GPUs), on the CPU."""

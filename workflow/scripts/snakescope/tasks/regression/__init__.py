@@ -53,19 +53,28 @@ def write_regression(sample_id: str, prediction: np.ndarray, out: Path) -> dict:
 
 
 class RegressionPredictor(Predictor):
+    predicts_in_blocks = True
+
     def predict(self, items: list[dict], out: Path) -> list[dict]:
+        return [write_regression(item["id"], self.values(item), out) for item in items]
+
+    def predict_large(self, image, sample_id, out, uncertainty_dir):
+        from snakescope.engine.tiled import predict_large_regression
+
+        row = predict_large_regression(image, self.plan, self.payload["spec"]["out_channels"],
+                                       lambda block: self.values({"image": block}), sample_id, out)
+        return row, None  # one pass of a regression network has no spread
+
+    def values(self, item: dict) -> np.ndarray:
+        """(C, *spatial) predicted target of one item, in target units."""
         import torch
 
         from snakescope.engine.inference import predict_logits
 
-        rows = []
-        for item in items:
-            image = torch.as_tensor(item["image"][None]).to(self.device)
-            with torch.no_grad():
-                logits = predict_logits(self.model, image, self.plan).float()
-            output = denormalise_target(logits[0].cpu().numpy(), self.plan["target_normalisation"])
-            rows.append(write_regression(item["id"], output, out))
-        return rows
+        image = torch.as_tensor(item["image"][None]).to(self.device)
+        with torch.no_grad():
+            logits = predict_logits(self.model, image, self.plan).float()
+        return denormalise_target(logits[0].cpu().numpy(), self.plan["target_normalisation"])
 
 
 class Regression(Task):
