@@ -10,6 +10,12 @@ store's bytes and its ratio to the raw bytes, and each stage's peak RSS.
 
 Each stage plans what it holds from the memory it may use (snakescope.resources): under the 3 GB cgroup,
 convert spills what it reads beyond 0.75 GB to disk and training streams from the store.
+
+With --slide-side, it applies the model trained on the smallest set instead to one whole-slide image of
+that side (RGB, a tiled TIFF mosaicked from the demo images, written one tile at a time), under the same
+cap: `apply` reads it lazily and predicts it block by block (snakescope.engine.tiled).
+
+    .venv/bin/python bench/scale.py --sizes 100 --side 512 --slide-side 20000 --memory-cap-gb 3 --out /tmp/scale
 """
 
 from __future__ import annotations
@@ -88,6 +94,13 @@ def stage(name: str, work: Path, data_path: str) -> None:
 
         predict_dataset(str(work / "model.pt"), str(out / "arrays.zarr"), str(out / "samples.tsv"),
                         str(out / "splits.json"), str(work / "predict"), device="cpu", threads=2)
+    elif name == "apply":
+        import logging
+
+        from snakescope.apply import apply_model
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        apply_model(str(work.parent), str(work / "slide"), str(work / "applied"), device="cpu", threads=2)
 
 
 def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path | None = None) -> dict:
@@ -106,16 +119,46 @@ def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path |
     return row
 
 
+def write_slide(path: Path, side: int, images: Path, tile: int = 512) -> None:
+    """A side x side RGB tiled TIFF, its tiles the demo images in turn (one tile in memory at a time)."""
+    import numpy as np
+    import tifffile
+
+    sources = [tifffile.imread(p)[:tile, :tile] for p in sorted(images.glob("*.tif"))[:16]]
+    per_row = -(-side // tile)
+    tiles = (sources[(row * 7 + column) % len(sources)] for row in range(per_row) for column in range(per_row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, tiles, shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                     bigtiff=True)
+
+
+def measure_slide(slide_side: int, work: Path, cgroup: Path | None = None) -> dict:
+    """Apply the model trained in `work` (by `measure`) to one slide_side² RGB image."""
+    import shutil
+
+    folder = work / f"slide{slide_side}"  # the apply stage's work folder; the model is in `work`
+    slide = folder / "slide" / f"slide{slide_side}.tif"
+    if not slide.exists():
+        write_slide(slide, slide_side, work / "data" / "image")
+    shutil.rmtree(folder / "applied", ignore_errors=True)
+    row = {"slide_side": slide_side, "raw_GB": slide_side**2 * 3 / 1e9, "file_GB": slide.stat().st_size / 1e9}
+    row["apply_GiB"], row["apply_s"] = run_stage("apply", folder, "auto", cgroup)
+    row["output_GB"] = folder_bytes(folder / "applied") / 1e9
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400])
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("/tmp/snakescope_scale"))
-    parser.add_argument("--stage", choices=["convert", "train", "predict"], help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=["convert", "train", "predict", "apply"], help=argparse.SUPPRESS)
     parser.add_argument("--data-path", choices=["auto", "memory", "stream"], default="auto",
                         help="how training reads its images (the config's data_path)")
     parser.add_argument("--memory-cap-gb", type=float,
                         help="run every stage in a memory cgroup of this size (root only)")
+    parser.add_argument("--slide-side", type=int,
+                        help="then apply the model of the first size to one RGB image of this side")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.stage:
@@ -123,7 +166,13 @@ def main() -> None:
         return
     cgroup = memory_cgroup(args.memory_cap_gb) if args.memory_cap_gb else None
     try:
-        rows = [measure(n, args.side, args.out, args.data_path, cgroup) for n in args.sizes]
+        if args.slide_side:
+            work = args.out / f"n{args.sizes[0]}_side{args.side}"
+            if not (work / "model.pt").exists():
+                measure(args.sizes[0], args.side, args.out, args.data_path, cgroup)
+            rows = [measure_slide(args.slide_side, work, cgroup)]
+        else:
+            rows = [measure(n, args.side, args.out, args.data_path, cgroup) for n in args.sizes]
     finally:
         if cgroup:
             cgroup.rmdir()

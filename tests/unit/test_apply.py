@@ -87,7 +87,9 @@ def test_an_image_too_large_for_memory_is_predicted_block_by_block_as_whole(smal
     apply_model(str(root), str(images), str(tmp_path / "whole"), mc_samples=2, device="cpu")
     ranking = apply_model(str(root), str(images), str(tmp_path / "blocks"), mc_samples=2, device="cpu",
                           memory_budget=0)
-    assert read_json(tmp_path / "blocks/summary.json")["predicted_in_blocks"] == ["mosaic"]
+    summary = read_json(tmp_path / "blocks/summary.json")
+    assert summary["predicted_in_blocks"] == ["mosaic"]
+    assert summary["uncertainty"] == "MC dropout; one pass for the 1 image(s) predicted in blocks"
     whole_probability = tifffile.imread(tmp_path / "whole/predictions/mosaic_prob.tif")
     prediction = zarr.open_group(str(tmp_path / "blocks/predictions/mosaic.ome.zarr"), mode="r")
     probability = np.asarray(prediction["0"])

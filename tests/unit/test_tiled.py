@@ -83,9 +83,14 @@ def test_statistics_of_a_whole_sample_normalise_as_the_image_itself(tmp_path):
         np.testing.assert_allclose(normalise(pixels, plan, statistics), normalise(pixels, plan), rtol=1e-6, atol=1e-6)
 
 
-def test_fits_whole_counts_the_image_and_three_output_maps():
-    shape = (3, 1000, 1000)  # 4 bytes x (3 + 3 x 2) per pixel = 36 MB
-    assert fits_whole(shape, 2, memory_budget=36_000_000) and not fits_whole(shape, 2, memory_budget=35_999_999)
+def test_fits_whole_counts_the_image_its_outputs_and_the_mc_dropout_samples():
+    shape = (3, 1000, 1000)  # two classes; float32 per pixel:
+    one_pass = 4 * (3 + 3 * 2 + 1 * 2 + 1 * (3 + 2 * 2))  # image, three output maps, one sample, one pass
+    assert fits_whole(shape, 2, memory_budget=one_pass * 10**6)
+    assert not fits_whole(shape, 2, memory_budget=one_pass * 10**6 - 1)
+    sampled = 4 * (3 + 3 * 2 + 20 * 2 + 16 * (3 + 2 * 2))  # 20 samples kept, 16 copies a pass
+    assert fits_whole(shape, 2, 20, 16, memory_budget=sampled * 10**6)
+    assert not fits_whole(shape, 2, 20, 16, memory_budget=sampled * 10**6 - 1)
 
 
 def test_block_by_block_outputs_equal_the_whole_image_for_a_pixelwise_network(tmp_path, monkeypatch):
@@ -137,3 +142,11 @@ def test_a_large_segmentation_writes_ome_zarr_with_the_otsu_mask_of_its_probabil
     np.testing.assert_allclose(entropy, expected, rtol=1e-5)
     assert uncertainty_row["uncertainty"] == pytest.approx(expected.mean(), rel=1e-5)
     assert not list((tmp_path / "predictions").glob(".*tmp"))  # written beside and renamed
+
+
+def test_a_thumbnail_takes_every_nth_pixel_across_blocks(tmp_path, monkeypatch):
+    pixels = np.arange(3 * 70 * 45, dtype=np.uint16).reshape(70, 45, 3)
+    tifffile.imwrite(tmp_path / "image.tif", pixels, photometric="rgb")
+    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 16)  # blocks that do not start on the thumbnail's grid
+    thumbnail = LazyImage(tmp_path / "image.tif", 2).thumbnail(max_side=20)  # every 4th pixel
+    np.testing.assert_array_equal(thumbnail, np.moveaxis(pixels[::4, ::4], -1, 0).astype(np.float32))

@@ -155,7 +155,7 @@ def _check_fits_model(path: Path, shape: tuple[int, ...], payload: dict) -> None
             )
 
 
-def large_image(path: Path, payload: dict, predicts_in_blocks: bool, memory_budget: int | None = None
+def large_image(path: Path, payload: dict, predictor, mc_samples: int, memory_budget: int | None = None
                 ) -> LazyImage | None:
     """A TIFF or OME-Zarr image opened lazily when it is too large to predict whole (`fits_whole`), else
     None (PNG and JPEG are always predicted whole).
@@ -171,10 +171,15 @@ def large_image(path: Path, payload: dict, predicts_in_blocks: bool, memory_budg
         image = LazyImage(path, spec["spatial_dims"])
     except InputError:  # axes it cannot place: the whole-image reader says what is wrong, and how to fix it
         return None
-    if fits_whole(image.shape, spec["out_channels"], memory_budget):
+    if payload.get("input_size"):  # resized to the training size first: only the image as read counts
+        whole = fits_whole(image.shape, 0, 0, 0, memory_budget)
+    else:
+        rows_per_pass = predictor.task.mc_rows_per_pass if mc_samples > 1 else 1
+        whole = fits_whole(image.shape, spec["out_channels"], mc_samples, rows_per_pass, memory_budget)
+    if whole:
         return None
     size = "x".join(map(str, image.spatial_shape))
-    if not predicts_in_blocks:
+    if not predictor.predicts_in_blocks:
         raise InputError(
             f"{path}: {size} pixels, too large to predict whole in the memory this job may use, and a "
             f"{plan['task']} model needs the whole image (semantic segmentation and regression predict block "
@@ -208,10 +213,11 @@ def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceD
     task = get_task(payload["plan"]["task"])
     files = new_image_files(images_dir)
     predictor = task.predictor(model, payload, training, threshold, torch_device)
+    sampled = mc_samples if kind == "run" else 1  # a package's traced network has no dropout to sample
     errors, large = [], {}
     for path in files:  # check them all before writing anything
         try:
-            image = large_image(path, payload, predictor.predicts_in_blocks, memory_budget)
+            image = large_image(path, payload, predictor, sampled, memory_budget)
             if image is None:
                 prepare_image(path, payload)
             else:
@@ -244,7 +250,6 @@ def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceD
     write_table(predictions, predictions_dir / "predictions.csv")
 
     torch.manual_seed(seed)
-    sampled = mc_samples if kind == "run" else 1  # a package's traced network has no dropout to sample
     frame = pd.DataFrame()
     if whole:
         frame, _ = task.uncertainty(model, payload, _items(whole, payload, "sampled"), training, sampled,
@@ -261,7 +266,8 @@ def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceD
     seconds = time.perf_counter() - started
     write_json({"source": str(source), "kind": kind, "model": payload["spec"]["name"], "task": task.name,
                 "n_images": len(files), "mc_samples": sampled, "seconds": seconds,
-                "uncertainty": "MC dropout" if kind == "run" else "one pass (package: no dropout sampling)",
+                "uncertainty": ("MC dropout" if kind == "run" else "one pass (package: no dropout sampling)")
+                + (f"; one pass for the {len(large)} image(s) predicted in blocks" if large else ""),
                 "predicted_in_blocks": sorted(large, key=natural_key)},
                out / "summary.json")
     log.info("applied %s to %d images in %.1f s; most uncertain: %s", payload["spec"]["name"], len(files), seconds,

@@ -119,10 +119,11 @@ def ranking_figure(ranking: pd.DataFrame, image_of: Callable[[str], np.ndarray],
         axes[row, 0].imshow(displayable(image_of(entry["id"])), cmap="gray")
         name = entry.get("filename", entry["id"])
         axes[row, 0].set_title(f"#{entry['rank']} {name}: {entry['uncertainty']:.3f}", fontsize=8)
-        maps = [uncertainty_dir / f"{entry['id']}_{suffix}.tif" for suffix in ("uncertainty", "std")]
-        found = next((m for m in maps if m.is_file()), None)
+        maps = [uncertainty_dir / f"{entry['id']}_{suffix}" for suffix in
+                ("uncertainty.tif", "std.tif", "uncertainty.ome.zarr")]  # the last: an image predicted in blocks
+        found = next((m for m in maps if m.exists()), None)
         if found is not None:
-            uncertainty_map = tifffile.imread(found)
+            uncertainty_map = tifffile.imread(found) if found.is_file() else _map_thumbnail(found)
             while uncertainty_map.ndim > 2:  # a volume or several channels: the middle plane
                 uncertainty_map = uncertainty_map[len(uncertainty_map) // 2]
             axes[row, 1].imshow(uncertainty_map, cmap="magma")
@@ -131,3 +132,11 @@ def ranking_figure(ranking: pd.DataFrame, image_of: Callable[[str], np.ndarray],
             axis.set_axis_off()
     figure.suptitle("Most uncertain first: check (or annotate) these before trusting the rest", fontsize=9)
     save_figure(figure, path)
+
+
+def _map_thumbnail(path: Path) -> np.ndarray:
+    """An OME-Zarr uncertainty map too large for memory, subsampled (`LazyImage.thumbnail`)."""
+    from snakescope.engine.tiled import LazyImage
+    from snakescope.io import ome_zarr_axes
+
+    return LazyImage(path, spatial_dims=len(ome_zarr_axes(path).replace("C", ""))).thumbnail()[0]
