@@ -150,3 +150,25 @@ def test_a_thumbnail_takes_every_nth_pixel_across_blocks(tmp_path, monkeypatch):
     monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 16)  # blocks that do not start on the thumbnail's grid
     thumbnail = LazyImage(tmp_path / "image.tif", 2).thumbnail(max_side=20)  # every 4th pixel
     np.testing.assert_array_equal(thumbnail, np.moveaxis(pixels[::4, ::4], -1, 0).astype(np.float32))
+
+
+def test_a_volume_block_by_block_equals_the_whole_volume(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 1), torch.nn.Tanh(), torch.nn.Conv3d(3, 2, 1)).eval()
+    volume = np.random.default_rng(5).random((30, 50, 41)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "volume.tif", volume, metadata={"axes": "ZYX"})
+    plan = {"normalisation": "zscore", "patch_size": [16, 16, 16], "spatial_dims": 3}
+    monkeypatch.setitem(tiled.BLOCK_SIDE, 3, 24)  # blocks of 24 (twice the step of 12), margins of 24
+
+    def outputs_of(block):
+        with torch.no_grad():
+            return predict_logits(network, torch.as_tensor(block[None]), plan)[0].numpy()
+
+    whole = outputs_of(normalise(volume[None], plan))
+    assembled = np.full_like(whole, np.nan)
+    regions = []
+    for region, outputs in predict_blocks(LazyImage(tmp_path / "volume.tif", 3), plan, outputs_of, "test"):
+        assembled[(slice(None), *region)] = outputs
+        regions.append(region)
+    assert len(regions) == 2 * 3 * 2
+    np.testing.assert_allclose(assembled, whole, atol=1e-5)

@@ -14,7 +14,7 @@ Images are checked (readable, the dimensionality, channels and size the model ta
 is written, every problem reported at once, then read and predicted one at a time, so memory does not
 grow with the folder; an image larger than its training patch goes through the sliding window of that
 patch. A TIFF or OME-Zarr image too large to predict whole in the memory the job may use (a whole-slide
-image) is read and predicted block by block (`snakescope.tiled`; segmentation and regression), its
+image) is read and predicted block by block (`snakescope.engine.tiled`; segmentation and regression), its
 outputs written as OME-Zarr, its uncertainty the entropy of one pass rather than MC-dropout samples.
 """
 
@@ -205,7 +205,7 @@ def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceD
         training: the run's packed data and split; instance segmentation tunes its post-processing on
             the validation images with it, as `predict` does (None: defaults, logged).
         memory_budget: bytes an image may take to be predicted whole (None: a share of the memory this
-            process may use, see `snakescope.tiled.fits_whole`); larger ones are predicted in blocks.
+            process may use, see `snakescope.engine.tiled.fits_whole`); larger ones are predicted in blocks.
     """
     torch.set_num_threads(max(1, threads))
     torch_device = select_device(device)

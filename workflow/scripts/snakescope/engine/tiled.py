@@ -30,7 +30,7 @@ from snakescope.engine.inference import window_step
 from snakescope.engine.transforms import normalisation_statistics, normalise
 from snakescope.io import InputError, is_zarr_group, ome_zarr_level0
 from snakescope.logs import PROGRESS
-from snakescope.resources import MEMORY_SHARE, usable_memory_bytes
+from snakescope.resources import usable_memory_bytes
 from snakescope.store import CHUNK_SIDE, create_image, zarr_group_atomically
 from snakescope.uncertainty_measures import normalised_entropy
 
@@ -39,18 +39,21 @@ log = logging.getLogger(__name__)
 BLOCK_SIDE = {2: 8 * CHUNK_SIDE[2], 3: 3 * CHUNK_SIDE[3]}  # multiples of the output chunks: whole-chunk writes
 SAMPLED_VALUES = 10_000_000
 HISTOGRAM_BINS = 1024
+# An image predicted whole is most of what an apply job holds (the rest: about 1.1 GiB of Python, PyTorch
+# and MONAI), so it may take half of the job's memory, not the quarter a dataset may (MEMORY_SHARE).
+WHOLE_IMAGE_SHARE = 0.5
 _CHANNEL_LETTERS = "CS"  # tifffile names RGB samples S
 
 
 def fits_whole(shape: tuple[int, ...], out_channels: int, mc_samples: int = 1, rows_per_pass: int = 1,
                memory_budget: int | None = None) -> bool:
-    """Whether a C+spatial image can be predicted whole, with its MC-dropout samples, within MEMORY_SHARE
-    of the memory this process may use (or `memory_budget` bytes). Per pixel, in float32: the image; the
+    """Whether a C+spatial image can be predicted whole, with its MC-dropout samples, within
+    WHOLE_IMAGE_SHARE of the memory this process may use (or `memory_budget` bytes). Per pixel, in float32: the image; the
     network's outputs with the sliding window's blending buffers and the probabilities (three output
     maps); the samples kept (`mc_samples` output maps); and a sampling pass over `rows_per_pass` copies
     of the image with their outputs and buffers. (A 4,096² RGB image with three classes, 20 samples and
     16 rows a pass: 864 bytes a pixel, 14.5 GB; measured 14.3 GiB peak.)"""
-    budget = MEMORY_SHARE * usable_memory_bytes() if memory_budget is None else memory_budget
+    budget = WHOLE_IMAGE_SHARE * usable_memory_bytes() if memory_budget is None else memory_budget
     channels, classes = shape[0], out_channels
     per_pixel = channels + 3 * classes + mc_samples * classes + rows_per_pass * (channels + 2 * classes)
     return math.prod(shape[1:]) * per_pixel * 4 <= budget
