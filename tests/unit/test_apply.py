@@ -97,11 +97,12 @@ def test_an_image_too_large_for_memory_is_predicted_block_by_block_as_whole(smal
     # the blocks' windows are the whole image's (unet_small normalises each window: any other placement
     # would change every pixel), blended in another order
     np.testing.assert_allclose(probability, whole_probability, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(prediction["labels/mask/0"]),
-                                  tifffile.imread(tmp_path / "whole/predictions/mosaic_mask.tif"))
+    whole_mask = tifffile.imread(tmp_path / "whole/predictions/mosaic_mask.tif")
+    np.testing.assert_array_equal(np.asarray(prediction["labels/mask/0"]), whole_mask)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "blocks/predictions/mosaic_mask.tif"), whole_mask)
     table = pd.read_csv(tmp_path / "blocks/predictions/predictions.csv")
     assert table[["id", "filename", "prob", "mask"]].values.tolist() == [
-        ["mosaic", "mosaic.tif", "mosaic.ome.zarr", "mosaic.ome.zarr/labels/mask"]]
+        ["mosaic", "mosaic.tif", "mosaic.ome.zarr", "mosaic_mask.tif"]]
     entropy = np.asarray(zarr.open_group(str(tmp_path / "blocks/uncertainty/mosaic_uncertainty.ome.zarr"), mode="r")["0"])
     assert ranking["uncertainty"].tolist() == [pytest.approx(float(entropy.mean()), rel=1e-5)]
 

@@ -168,17 +168,18 @@ def large_image(path: Path, payload: dict, predictor, mc_samples: int, memory_bu
         return None
     spec, plan = payload["spec"], payload["plan"]
     try:
-        image = LazyImage(path, spec["spatial_dims"])
+        with LazyImage(path, spec["spatial_dims"]) as image:
+            shape = image.shape
     except InputError:  # axes it cannot place: the whole-image reader says what is wrong, and how to fix it
         return None
     if payload.get("input_size"):  # resized to the training size first: only the image as read counts
-        whole = fits_whole(image.shape, 0, 0, 0, memory_budget)
+        whole = fits_whole(shape, 0, 0, 0, memory_budget)
     else:
         rows_per_pass = predictor.task.mc_rows_per_pass if mc_samples > 1 else 1
-        whole = fits_whole(image.shape, spec["out_channels"], mc_samples, rows_per_pass, memory_budget)
+        whole = fits_whole(shape, spec["out_channels"], mc_samples, rows_per_pass, memory_budget)
     if whole:
         return None
-    size = "x".join(map(str, image.spatial_shape))
+    size = "x".join(map(str, shape[1:]))
     if not predictor.predicts_in_blocks:
         raise InputError(
             f"{path}: {size} pixels, too large to predict whole in the memory this job may use, and a "
@@ -191,8 +192,8 @@ def large_image(path: Path, payload: dict, predictor, mc_samples: int, memory_bu
             "was trained on resized whole images, so it cannot predict block by block. Cut the image into "
             "images of the training size, or train without resize."
         )
-    _check_fits_model(path, image.shape, payload)
-    return image
+    _check_fits_model(path, shape, payload)
+    return LazyImage(path, spec["spatial_dims"])  # held open until apply_model closes it
 
 
 def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceData | None = None,
@@ -263,6 +264,8 @@ def apply_model(source: str, images_dir: str, out_dir: str, training: InferenceD
     ranking_figure(ranking, lambda i: large[i].thumbnail() if i in large
                    else to_channels_first(read_sample_image(str(by_id[i])), str(by_id[i]), spatial_dims),
                    uncertainty_dir, out / "ranking.png")
+    for image in large.values():
+        image.close()
     seconds = time.perf_counter() - started
     write_json({"source": str(source), "kind": kind, "model": payload["spec"]["name"], "task": task.name,
                 "n_images": len(files), "mc_samples": sampled, "seconds": seconds,

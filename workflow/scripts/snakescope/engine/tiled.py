@@ -28,7 +28,7 @@ import numpy as np
 
 from snakescope.engine.inference import window_step
 from snakescope.engine.transforms import normalisation_statistics, normalise
-from snakescope.io import InputError, is_zarr_group, ome_zarr_level0
+from snakescope.io import InputError, atomic_path, is_zarr_group, ome_zarr_level0
 from snakescope.logs import PROGRESS
 from snakescope.resources import usable_memory_bytes
 from snakescope.store import CHUNK_SIDE, create_image, zarr_group_atomically
@@ -68,9 +68,18 @@ class LazyImage:
     def __init__(self, path: str | Path, spatial_dims: int):
         self.path = Path(path)
         self.spatial_dims = spatial_dims
+        self._store = None
         self._array, letters = self._open()
+        try:
+            self._place_axes(letters)
+        except InputError:
+            self.close()
+            raise
+
+    def _place_axes(self, letters: str) -> None:
+        """Which stored axes are the channels and the spatial axes; singleton others are dropped."""
+        spatial_dims = self.spatial_dims
         spatial = "YX" if spatial_dims == 2 else "ZYX"
-        self._index: list[int | None] = []  # per stored axis: position among the kept axes, None = dropped
         kept = []
         for letter, size in zip(letters, self._array.shape, strict=True):
             if letter in spatial or (letter in _CHANNEL_LETTERS and size > 1):
@@ -107,12 +116,24 @@ class LazyImage:
         try:
             with tifffile.TiffFile(self.path) as tif:
                 axes = tif.series[0].axes
-            return zarr.open(tifffile.imread(self.path, aszarr=True, level=0), mode="r"), axes
+            self._store = tifffile.imread(self.path, aszarr=True, level=0)  # holds the file open until `close`
+            return zarr.open(self._store, mode="r"), axes
         except Exception as error:  # tifffile raises many types for a damaged file
             raise InputError(
                 f"{self.path}: cannot be read as a TIFF ({type(error).__name__}: {error}). Copy the file again "
                 "from its source, or re-save it (Fiji: File > Save As > Tiff)."
             ) from error
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> LazyImage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def read(self, region: tuple[slice, ...]) -> np.ndarray:
         """The pixels of a spatial `region` (one slice per spatial axis), float32 C+spatial.
@@ -222,7 +243,8 @@ def predict_large_segmentation(image: LazyImage, plan: dict, classes: int,
     """Class probabilities, mask and one-pass entropy of a large image, block by block.
 
     Writes ``<id>.ome.zarr`` (the foreground probability, or every class's for more than two, with the
-    class mask as its label image ``labels/mask``) and ``<id>_uncertainty.ome.zarr`` (the normalised
+    class mask as its label image ``labels/mask``), the mask again as a tiled BigTIFF ``<id>_mask.tif``
+    (the name a whole image's mask has; Fiji and QuPath open it), and ``<id>_uncertainty.ome.zarr`` (the normalised
     entropy of the probabilities: one pass, no MC dropout); returns the predictions.csv row and the
     uncertainty.csv row (mean entropy)."""
     from skimage.filters import threshold_otsu
@@ -260,10 +282,26 @@ def predict_large_segmentation(image: LazyImage, plan: dict, classes: int,
                 cut = float(threshold_otsu(hist=(histogram, upper_edges))) if np.count_nonzero(histogram) > 1 else 0.5
             for block in blocks(shape, [BLOCK_SIDE[d]] * d, 0):
                 mask[block.write] = (np.asarray(probability[block.write]) > cut).astype(np.uint8)
-    prediction_row = {"id": sample_id, "prob": name, "mask": f"{name}/labels/mask", "threshold": cut}
+        write_tiled_tiff(mask, predictions_dir / f"{sample_id}_mask.tif")
+    prediction_row = {"id": sample_id, "prob": name, "mask": f"{sample_id}_mask.tif", "threshold": cut}
     uncertainty_row = {"id": sample_id, "uncertainty": entropy_sum / math.prod(shape),
                        "map": f"{sample_id}_uncertainty.ome.zarr"}
     return prediction_row, uncertainty_row
+
+
+def write_tiled_tiff(array, path: Path) -> None:
+    """A (Z)YX array (e.g. a Zarr array) as a tiled, compressed BigTIFF, one tile in memory at a time,
+    written beside `path` and renamed onto it."""
+    import tifffile
+
+    side = CHUNK_SIDE[2]
+    *planes, height, width = array.shape
+    tiles = (np.asarray(array[(*plane, slice(y, y + side), slice(x, x + side))])
+             for plane in itertools.product(*(range(n) for n in planes))
+             for y in range(0, height, side) for x in range(0, width, side))
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, tiles, shape=tuple(array.shape), dtype=array.dtype, tile=(side, side), bigtiff=True,
+                         compression="zlib", metadata={"axes": "YX" if not planes else "ZYX"})
 
 
 def predict_large_regression(image: LazyImage, plan: dict, channels: int,
