@@ -2,12 +2,11 @@
 
 `apply` sends here an image whose whole-image prediction would not fit the memory the job may use
 (`fits_whole`). The image is read lazily (`LazyImage`: a tiled or striped TIFF through tifffile's Zarr
-interface, or an OME-Zarr image; PNG and JPEG cannot be read in parts and are predicted whole), in blocks of
-about `BLOCK_SIDE` pixels with a margin of at least a training patch on every side. Each block goes
-through the sliding window `predict` uses, placed as on the whole image; its margin is cut off, so each
-output pixel is the whole image's (`predict_blocks`), and the result is written chunk by chunk to an
-OME-Zarr image (which napari opens).
-Memory is a block's, whatever the size of the image.
+interface, or an OME-Zarr image; PNG and JPEG cannot be read in parts and are predicted whole), in
+blocks of about `BLOCK_SIDE` pixels with a margin of at least a training patch on every side. Each block
+goes through the sliding window `predict` uses, placed as on the whole image; its margin is cut off, so
+each output pixel is the whole image's (`predict_blocks`), and the result is written chunk by chunk to
+an OME-Zarr image (which napari opens). Memory is a block's, whatever the size of the image.
 
 Per-image normalisation (percentile, minmax, zscore) takes its statistics from an evenly strided sample
 of at most `SAMPLED_VALUES` pixels per channel, read block by block before predicting. Two-class masks
@@ -36,7 +35,7 @@ from snakescope.uncertainty_measures import normalised_entropy
 
 log = logging.getLogger(__name__)
 
-BLOCK_SIDE = {2: 8 * CHUNK_SIDE[2], 3: 3 * CHUNK_SIDE[3]}  # multiples of the output chunks: whole-chunk writes
+BLOCK_SIDE = {2: 8 * CHUNK_SIDE[2], 3: 3 * CHUNK_SIDE[3]}  # targets; `block_side` aligns them to window and chunks
 SAMPLED_VALUES = 10_000_000
 HISTOGRAM_BINS = 1024
 # An image predicted whole is most of what an apply job holds (the rest: about 1.1 GiB of Python, PyTorch
@@ -48,10 +47,10 @@ _CHANNEL_LETTERS = "CS"  # tifffile names RGB samples S
 def fits_whole(shape: tuple[int, ...], out_channels: int, mc_samples: int = 1, rows_per_pass: int = 1,
                memory_budget: int | None = None) -> bool:
     """Whether a C+spatial image can be predicted whole, with its MC-dropout samples, within
-    WHOLE_IMAGE_SHARE of the memory this process may use (or `memory_budget` bytes). Per pixel, in float32: the image; the
-    network's outputs with the sliding window's blending buffers and the probabilities (three output
-    maps); the samples kept (`mc_samples` output maps); and a sampling pass over `rows_per_pass` copies
-    of the image with their outputs and buffers. (A 4,096² RGB image with three classes, 20 samples and
+    WHOLE_IMAGE_SHARE of the memory this process may use (or `memory_budget` bytes). Per pixel, in
+    float32: the image; the network's outputs with the sliding window's blending buffers and the
+    probabilities (three output maps); the samples kept (`mc_samples` output maps); and a sampling pass
+    over `rows_per_pass` copies of the image with their outputs and buffers. (A 4,096² RGB image with three classes, 20 samples and
     16 rows a pass: 864 bytes a pixel, 14.5 GB; measured 14.3 GiB peak.)"""
     budget = WHOLE_IMAGE_SHARE * usable_memory_bytes() if memory_budget is None else memory_budget
     channels, classes = shape[0], out_channels
@@ -238,15 +237,16 @@ def predict_blocks(image: LazyImage, plan: dict, outputs_of: Callable[[np.ndarra
 
 
 def predict_large_segmentation(image: LazyImage, plan: dict, classes: int,
-                               probabilities_of: Callable[[np.ndarray], np.ndarray], sample_id: str, threshold: str | float, predictions_dir: Path,
+                               probabilities_of: Callable[[np.ndarray], np.ndarray], sample_id: str,
+                               threshold: str | float, predictions_dir: Path,
                                uncertainty_dir: Path) -> tuple[dict, dict]:
     """Class probabilities, mask and one-pass entropy of a large image, block by block.
 
     Writes ``<id>.ome.zarr`` (the foreground probability, or every class's for more than two, with the
     class mask as its label image ``labels/mask``), the mask again as a tiled BigTIFF ``<id>_mask.tif``
-    (the name a whole image's mask has; Fiji and QuPath open it), and ``<id>_uncertainty.ome.zarr`` (the normalised
-    entropy of the probabilities: one pass, no MC dropout); returns the predictions.csv row and the
-    uncertainty.csv row (mean entropy)."""
+    (the name a whole image's mask has; Fiji and QuPath open it), and ``<id>_uncertainty.ome.zarr``
+    (the normalised entropy of the probabilities: one pass, no MC dropout); returns the predictions.csv
+    row and the uncertainty.csv row (mean entropy)."""
     from skimage.filters import threshold_otsu
 
     d = image.spatial_dims
