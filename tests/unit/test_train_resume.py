@@ -137,3 +137,26 @@ def test_training_stops_when_its_time_budget_is_spent_counting_a_killed_attempt(
 
     unlimited = _fit(settings, prepared_dir, tmp_path / "unlimited", epochs=4)
     assert unlimited["training"]["stopped_by"] == "epochs" and unlimited["training"]["epochs_run"] == 4
+
+
+@pytest.mark.parametrize(("batches", "expected"), [(6, [1 / 4, 2 / 4, 3 / 4, 1, 1, 1]), (2, [1 / 4, 2 / 4])])
+def test_a_warm_up_raises_the_learning_rate_step_by_step_and_leaves_it_at_its_value(batches, expected):
+    """Mask R-CNN's first epoch starts at a fraction of the rate (DetectorTrainer.warmup_steps); an epoch
+    shorter than the warm-up still hands the full rate to the next."""
+    from snakescope.engine import distributed
+    from snakescope.engine.trainer import Trainer
+
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.4)
+    rates = []
+    step = optimizer.step
+    optimizer.step = lambda: rates.append(optimizer.param_groups[0]["lr"]) or step()
+    trainer = Trainer.__new__(Trainer)
+    trainer.model, trainer.train_model, trainer.device = network, network, torch.device("cpu")
+    trainer.cfg = SimpleNamespace(max_batches_per_epoch=0, learning_rate=0.4)
+    trainer.group = distributed.SINGLE
+    trainer.step_loss = lambda batch: (network(batch).sum(), len(batch))
+    trainer.clip_gradients = lambda: None
+    trainer.train_epoch([torch.ones(1, 2)] * batches, optimizer, warmup=3)
+    assert rates == pytest.approx([0.4 * f for f in expected])
+    assert optimizer.param_groups[0]["lr"] == 0.4

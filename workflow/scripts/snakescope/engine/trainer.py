@@ -85,6 +85,7 @@ class Trainer:
     higher_is_better = False
     channels_last = True  # 2D networks on a GPU in channels-last memory order (faster convolutions)
     find_unused_parameters = False  # DistributedDataParallel: every parameter gets a gradient each step
+    warmup_steps = 0  # the first epoch's first steps raise the learning rate linearly to its value
     group = distributed.SINGLE  # this process's place among the training processes (set by `fit`)
 
     def __init__(self, task, cfg, threads: int = 1):
@@ -251,7 +252,7 @@ class Trainer:
             torch.manual_seed(epoch_seed + 7_919 * group.rank)
             generator.manual_seed(epoch_seed)
             started = time.perf_counter()
-            train_loss, n_images = self.train_epoch(loader, optimizer)
+            train_loss, n_images = self.train_epoch(loader, optimizer, warmup=self.warmup_steps if epoch == 1 else 0)
             row = {"epoch": epoch, "train_loss": train_loss, **self.validate()}
             seconds = time.perf_counter() - started
             row.update({"seconds": seconds, "images_per_second": n_images / max(seconds, 1e-9)})
@@ -333,8 +334,9 @@ class Trainer:
         (votes,) = distributed.sum_over_processes([float(over)], self.group)
         return votes > 0
 
-    def train_epoch(self, loader, optimizer) -> tuple[float, int]:
-        """One pass over the training batches; returns (mean loss, images seen)."""
+    def train_epoch(self, loader, optimizer, warmup: int = 0) -> tuple[float, int]:
+        """One pass over the training batches; returns (mean loss, images seen). The first `warmup`
+        steps take the learning rate times (step + 1) / (warmup + 1)."""
         self.model.train()
         total, n_images = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch_index, batch in enumerate(loader):
@@ -344,9 +346,13 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.clip_gradients()
+            if warmup:
+                _set_learning_rate(optimizer, self.cfg.learning_rate * min(1.0, (batch_index + 1) / (warmup + 1)))
             optimizer.step()
             total += loss.detach().double() * n  # summed on the device: no sync per step
             n_images += n
+        if warmup:  # an epoch shorter than the warm-up leaves the next at the full rate
+            _set_learning_rate(optimizer, self.cfg.learning_rate)
         total, n_images = distributed.sum_over_processes([total.item(), n_images], self.group)
         return total / max(n_images, 1), int(n_images)
 
@@ -369,6 +375,11 @@ class Trainer:
             "dataset": {"name": self.fingerprint["dataset"], "n_train": n_train, "n_val": n_val},
             "processes": self.group.world,
         }
+
+
+def _set_learning_rate(optimizer, learning_rate: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
 
 
 def _seconds_spent(history: list[dict]) -> float:
