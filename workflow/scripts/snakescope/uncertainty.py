@@ -139,4 +139,5 @@ def _map_thumbnail(path: Path) -> np.ndarray:
     from snakescope.engine.tiled import LazyImage
     from snakescope.io import ome_zarr_axes
 
-    return LazyImage(path, spatial_dims=len(ome_zarr_axes(path).replace("C", ""))).thumbnail()[0]
+    with LazyImage(path, spatial_dims=len(ome_zarr_axes(path).replace("C", ""))) as image:
+        return image.thumbnail()[0]

@@ -162,22 +162,24 @@ class LazyImage:
     def sample(self, max_values: int = SAMPLED_VALUES) -> np.ndarray:
         """(C, N) pixels on a regular grid over the whole image, N at most about `max_values`."""
         step = max(1, math.ceil((math.prod(self.spatial_shape) / max_values) ** (1 / self.spatial_dims)))
-        parts = []
-        for block in blocks(self.spatial_shape, [BLOCK_SIDE[self.spatial_dims]] * self.spatial_dims, 0):
-            pixels = self.read(block.write)
-            grid = tuple(slice((-region.start) % step, None, step) for region in block.write)
-            parts.append(pixels[(slice(None), *grid)].reshape(len(pixels), -1))
+        parts = [pixels.reshape(len(pixels), -1) for _, pixels in self._every(step)]
         return np.concatenate(parts, axis=1)
 
     def thumbnail(self, max_side: int = 1024) -> np.ndarray:
         """The image subsampled to at most `max_side` pixels a side (C+spatial), for figures."""
         step = max(1, math.ceil(max(self.spatial_shape) / max_side))
         thumbnail = np.zeros((self.shape[0], *(math.ceil(n / step) for n in self.spatial_shape)), np.float32)
+        for region, pixels in self._every(step):
+            at = tuple(slice(math.ceil(r.start / step), math.ceil(r.stop / step)) for r in region)
+            thumbnail[(slice(None), *at)] = pixels
+        return thumbnail
+
+    def _every(self, step: int) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+        """(block region, every `step`-th pixel of it along each axis, on one grid over the whole image),
+        block by block: copies, so that no block stays in memory behind a view."""
         for block in blocks(self.spatial_shape, [BLOCK_SIDE[self.spatial_dims]] * self.spatial_dims, 0):
             grid = tuple(slice((-region.start) % step, None, step) for region in block.write)
-            at = tuple(slice(math.ceil(region.start / step), math.ceil(region.stop / step)) for region in block.write)
-            thumbnail[(slice(None), *at)] = self.read(block.write)[(slice(None), *grid)]
-        return thumbnail
+            yield block.write, self.read(block.write)[(slice(None), *grid)].copy()
 
 
 def _describe(region: tuple[slice, ...]) -> str:
