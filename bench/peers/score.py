@@ -1,0 +1,127 @@
+"""Score every tool's test predictions with our evaluation code, and print the comparison table.
+
+    .venv/bin/python bench/peers/score.py WORKDIR/isbi      # or WORKDIR/wbc
+
+Reads what bench/peers/run.sh left in the dataset folder: each run's predictions and its `<run>.time`
+(GNU time -v: wall time and the peak resident memory of its largest process), a run being named
+<tool>_<budget>. Writes scores.tsv (one row per test image and run for segmentation, one per run for
+classification) and prints one row per run, the mean over the test images for segmentation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tifffile
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
+from snakescope.tasks.classification import classification_metrics  # noqa: E402
+from snakescope.tasks.segmentation import segmentation_metrics  # noqa: E402
+
+
+def _read(path: Path) -> np.ndarray:
+    return tifffile.imread(path) if path.suffix in (".tif", ".tiff") else np.asarray(Image.open(path))
+
+
+def _snakescope_predictions(root: Path, run: str) -> pd.DataFrame:
+    (path,) = root.glob(f"{run}/results/*/*/seed*/predict/predictions.csv")
+    return pd.read_csv(path, dtype={"id": str, "predicted_label": str})
+
+
+# Segmentation: each reader returns a test image's mask in our convention (class 1 = cell interior).
+def snakescope_mask(root: Path, run: str, stem: str) -> np.ndarray:
+    (path,) = root.glob(f"{run}/results/*/*/seed*/predict/{stem}_mask.tif")
+    return _read(path)
+
+
+def nnunet_mask(root: Path, run: str, stem: str) -> np.ndarray:
+    return 1 - _read(root / f"{run}_pred" / f"isbi_{int(stem):03d}.png")  # nnU-Net's class 1 is the membrane
+
+
+def biapy_mask(root: Path, run: str, stem: str) -> np.ndarray:
+    (path,) = root.glob(f"{run}_results/*/results/*/per_image_binarized/{int(stem):03d}.tif")
+    return 1 - (np.squeeze(_read(path)) > 0).astype(np.uint8)  # BiaPy's class 1 is the membrane
+
+
+# Classification: each reader returns {test stem: (predicted label, probabilities in `classes` order)}.
+def snakescope_labels(root: Path, run: str, classes: list[str]) -> dict:
+    table = _snakescope_predictions(root, run)
+    probabilities = table[[f"prob_{c}" for c in classes]].to_numpy()
+    return {i: (label, p) for i, label, p in zip(table["id"], table["predicted_label"], probabilities, strict=True)}
+
+
+def biapy_labels(root: Path, run: str, classes: list[str]) -> dict:
+    (path,) = root.glob(f"{run}_results/*/results/*/predictions.csv")
+    table = pd.read_csv(path)
+    folders = sorted(p.name for p in (root / "biapy" / "train").iterdir())  # BiaPy numbers the class folders
+    # BiaPy writes no probabilities: its hard label stands in, so its AUC is that of a hard classifier.
+    return {Path(f).stem: (folders[int(c)], np.eye(len(classes))[classes.index(folders[int(c)])])
+            for f, c in zip(table["filename"], table["class"], strict=True)}
+
+
+SEGMENTATION = {"snakescope": snakescope_mask, "nnunet": nnunet_mask, "biapy": biapy_mask}
+CLASSIFICATION = {"snakescope": snakescope_labels, "biapy": biapy_labels}
+
+
+def gnu_time(path: Path) -> dict:
+    """Wall seconds and peak RSS (GiB) from `/usr/bin/time -v` output."""
+    text = path.read_text()
+    clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text).group(1)
+    seconds = sum(float(part) * 60 ** i for i, part in enumerate(reversed(clock.split(":"))))
+    rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    return {"wall_seconds": round(seconds), "peak_rss_gib": round(rss_kib / 2**20, 2)}
+
+
+def finished_runs(root: Path) -> list[Path]:
+    # A run still going or failed (see <run>.log) has no "Exit status: 0" yet.
+    return [t for t in sorted(root.glob("*.time")) if "Exit status: 0" in t.read_text()]
+
+
+def score_segmentation(root: Path, split: dict) -> pd.DataFrame:
+    rows = []
+    for timing in finished_runs(root):
+        run = timing.stem
+        read_mask = SEGMENTATION[run.split("_")[0]]
+        for stem in split["test"]:
+            truth = tifffile.imread(root / "truth" / f"{stem}.tif")
+            mask = read_mask(root, run, stem).astype(np.uint8)
+            interior = segmentation_metrics(truth, mask, None, 2)
+            membrane = segmentation_metrics(1 - truth, 1 - mask, None, 2)
+            rows.append({"run": run, "id": stem, "pixel_accuracy": interior["pixel_accuracy"],
+                         "membrane_iou": membrane["foreground_iou"], "membrane_dice": membrane["foreground_dice"],
+                         "interior_iou": interior["foreground_iou"], "interior_dice": interior["foreground_dice"],
+                         **gnu_time(timing)})
+    return pd.DataFrame(rows)
+
+
+def score_classification(root: Path, split: dict) -> pd.DataFrame:
+    truth = pd.read_csv(root / "truth" / "labels.tsv", sep="\t", dtype=str).set_index("id")["label"]
+    classes = sorted(p.name for p in (root / "biapy" / "train").iterdir())
+    rows = []
+    for timing in finished_runs(root):
+        run = timing.stem
+        predicted = CLASSIFICATION[run.split("_")[0]](root, run, classes)
+        missing = set(split["test"]) - set(predicted)
+        if missing:
+            raise SystemExit(f"{run}: no prediction for test image(s) {sorted(missing)}")
+        stems = split["test"]
+        metrics = classification_metrics([truth[s] for s in stems], [predicted[s][0] for s in stems],
+                                         np.stack([predicted[s][1] for s in stems]), classes)
+        rows.append({"run": run, "n_test": len(stems), **{k: metrics[k] for k in
+                     ("accuracy", "balanced_accuracy", "f1_macro", "auc_ovr_macro")}, **gnu_time(timing)})
+    return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    split = json.loads((root / "split.json").read_text())
+    scored = {"segmentation": score_segmentation, "classification": score_classification}[split["task"]](root, split)
+    scored.to_csv(root / "scores.tsv", sep="\t", index=False)
+    table = scored.drop(columns="id", errors="ignore").groupby("run", sort=False).mean().round(3)
+    print(table.to_string())
