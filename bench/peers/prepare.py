@@ -1,6 +1,6 @@
 """Write one of our shared datasets in each peer's layout, with the same train/test split as ours.
 
-    .venv/bin/python bench/peers/prepare.py isbi WORKDIR     # or wbc
+    .venv/bin/python bench/peers/prepare.py isbi WORKDIR     # or wbc, fmd
 
 WORKDIR/<dataset>/ then holds
   split.json                 the train and test file stems (every tool trains on `train`, is scored on `test`)
@@ -11,7 +11,7 @@ WORKDIR/<dataset>/ then holds
 
 The split is fixed by file name, not drawn, so that every tool sees the same images: ISBI 2012 slices
 0-23 train, 24-29 test (the challenge never released its test labels); WBC Dataset 1 every fifth image
-(005, 010, ..., 300) test.
+(005, 010, ..., 300) test; FMD the five noisy frames of field 19 (the dataset's own test field) test.
 """
 
 from __future__ import annotations
@@ -154,7 +154,58 @@ def biapy_classification_2d(root: Path, n_classes: int) -> dict:
     }
 
 
-DATASETS = {"isbi": isbi, "wbc": wbc}
+def fmd(out: Path, budget_minutes: float) -> None:
+    source = SHARED / "fmd_confocal_bpae_b_subset"
+    frames = sorted((p for p in (source / "raw").glob("*/*.png")), key=lambda p: (int(p.parent.name), p.name))
+    stem = {p: f"{int(p.parent.name):02d}_{p.stem}" for p in frames}  # frame names repeat in every field
+    split = {"task": "regression", "train": [stem[p] for p in frames if p.parent.name != "19"],
+             "test": [stem[p] for p in frames if p.parent.name == "19"]}
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+    clean = {p: np.asarray(Image.open(source / "gt" / p.parent.name / "avg50.png")) for p in frames}
+    tifffile.imwrite(out / "truth" / "field19.tif", np.asarray(Image.open(source / "gt" / "19" / "avg50.png")))
+
+    (out / "snakescope.yaml").write_text(yaml.safe_dump({
+        "task": "regression",
+        "data_dir": str(source),
+        "layout": {"images": "raw/*/*.png", "targets": "gt/*/avg50.png", "pair_by": "folder",
+                   "test_images": "raw/19/*.png"},
+        "time_budget_minutes": budget_minutes,
+    }, sort_keys=False))
+
+    # BiaPy pairs x and y by file name: each noisy frame gets a copy of its field's clean average.
+    biapy = out / "biapy"
+    for part in ("train", "test"):
+        for folder in ("x", "y"):
+            (biapy / part / folder).mkdir(parents=True, exist_ok=True)
+    for path in frames:
+        part = "test" if path.parent.name == "19" else "train"
+        tifffile.imwrite(biapy / part / "x" / f"{stem[path]}.tif", np.asarray(Image.open(path)))
+        tifffile.imwrite(biapy / part / "y" / f"{stem[path]}.tif", clean[path])
+    (biapy / "biapy.yaml").write_text(yaml.safe_dump(biapy_image_to_image_2d(biapy), sort_keys=False))
+
+
+def biapy_image_to_image_2d(root: Path) -> dict:
+    """BiaPy 3.x's template for 2D image-to-image (templates/image-to-image/2d_image-to-image.yaml), with
+    our paths and one worker per core of this machine."""
+    return {
+        "SYSTEM": {"NUM_CPUS": -1, "NUM_WORKERS": 2},
+        "PROBLEM": {"TYPE": "IMAGE_TO_IMAGE", "NDIM": "2D"},
+        "DATA": {
+            "PATCH_SIZE": "(128, 128, 1)",
+            "TRAIN": {"PATH": str(root / "train" / "x"), "GT_PATH": str(root / "train" / "y"), "IN_MEMORY": True},
+            "VAL": {"FROM_TRAIN": True, "SPLIT_TRAIN": 0.1},
+            "TEST": {"PATH": str(root / "test" / "x"), "GT_PATH": str(root / "test" / "y"), "IN_MEMORY": False,
+                     "LOAD_GT": True, "PADDING": "(40,40)"},
+        },
+        "AUGMENTOR": {"ENABLE": True, "VFLIP": True, "HFLIP": True},
+        "MODEL": {"ARCHITECTURE": "attention_unet", "LOAD_CHECKPOINT": False},
+        "TRAIN": {"ENABLE": True, "OPTIMIZER": "ADAMW", "LR": 1.0e-4, "BATCH_SIZE": 8, "EPOCHS": 50, "PATIENCE": 10},
+        "TEST": {"ENABLE": True, "FULL_IMG": False},
+    }
+
+
+DATASETS = {"isbi": isbi, "wbc": wbc, "fmd": fmd}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -1,11 +1,11 @@
 """Score every tool's test predictions with our evaluation code, and print the comparison table.
 
-    .venv/bin/python bench/peers/score.py WORKDIR/isbi      # or WORKDIR/wbc
+    .venv/bin/python bench/peers/score.py WORKDIR/isbi      # or WORKDIR/wbc, WORKDIR/fmd
 
 Reads what bench/peers/run.sh left in the dataset folder: each run's predictions and its `<run>.time`
 (GNU time -v: wall time and the peak resident memory of its largest process), a run being named
-<tool>_<budget>. Writes scores.tsv (one row per test image and run for segmentation, one per run for
-classification) and prints one row per run, the mean over the test images for segmentation.
+<tool>_<budget>. Writes scores.tsv (one row per test image and run for segmentation and regression, one
+per run for classification) and prints one row per run, the mean over the test images.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 from snakescope.tasks.classification import classification_metrics  # noqa: E402
+from snakescope.tasks.regression.metrics import regression_metrics  # noqa: E402
 from snakescope.tasks.segmentation import segmentation_metrics  # noqa: E402
 
 
@@ -65,8 +66,27 @@ def biapy_labels(root: Path, run: str, classes: list[str]) -> dict:
             for f, c in zip(table["filename"], table["class"], strict=True)}
 
 
+# Regression: each reader returns {test stem: prediction in the target's units (0-255)}.
+def snakescope_images(root: Path, run: str) -> dict:
+    (predict,) = root.glob(f"{run}/results/*/*/seed*/predict")
+    table = _snakescope_predictions(root, run)
+    # Our ids are the user's file names, prefixed by the field where names repeat ("19_HV110_...").
+    return {_fmd_stem(i): _read(predict / f) for i, f in zip(table["id"], table["prediction"], strict=True)}
+
+
+def _fmd_stem(sample_id: str) -> str:
+    field, name = re.fullmatch(r"(?:\w*?_)?(\d+)_(HV\w+)", sample_id).groups()
+    return f"{int(field):02d}_{name}"
+
+
+def biapy_images(root: Path, run: str) -> dict:
+    return {p.stem: np.squeeze(_read(p)).astype(np.float32)
+            for p in root.glob(f"{run}_results/*/results/*/per_image/*.tif")}
+
+
 SEGMENTATION = {"snakescope": snakescope_mask, "nnunet": nnunet_mask, "biapy": biapy_mask}
 CLASSIFICATION = {"snakescope": snakescope_labels, "biapy": biapy_labels}
+REGRESSION = {"snakescope": snakescope_images, "biapy": biapy_images}
 
 
 def gnu_time(path: Path) -> dict:
@@ -118,10 +138,25 @@ def score_classification(root: Path, split: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def score_regression(root: Path, split: dict) -> pd.DataFrame:
+    truth = tifffile.imread(root / "truth" / "field19.tif").astype(np.float64)[None]
+    rows = []
+    for timing in finished_runs(root):
+        run = timing.stem
+        predicted = REGRESSION[run.split("_")[0]](root, run)
+        for stem in split["test"]:
+            metrics = regression_metrics(truth, np.asarray(predicted[stem], np.float64).reshape(truth.shape), 255.0)
+            rows.append({"run": run, "id": stem, **{k: metrics[k] for k in ("psnr", "ssim", "pearson_r", "mae")},
+                         **gnu_time(timing)})
+    return pd.DataFrame(rows)
+
+
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     split = json.loads((root / "split.json").read_text())
-    scored = {"segmentation": score_segmentation, "classification": score_classification}[split["task"]](root, split)
+    scorer = {"segmentation": score_segmentation, "classification": score_classification,
+              "regression": score_regression}[split["task"]]
+    scored = scorer(root, split)
     scored.to_csv(root / "scores.tsv", sep="\t", index=False)
     table = scored.drop(columns="id", errors="ignore").groupby("run", sort=False).mean().round(3)
     print(table.to_string())
