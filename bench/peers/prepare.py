@@ -1,6 +1,6 @@
 """Write one of our shared datasets in each peer's layout, with the same train/test split as ours.
 
-    .venv/bin/python bench/peers/prepare.py isbi WORKDIR     # or wbc, fmd
+    .venv/bin/python bench/peers/prepare.py isbi WORKDIR     # or wbc, fmd, cpm15
 
 WORKDIR/<dataset>/ then holds
   split.json                 the train and test file stems (every tool trains on `train`, is scored on `test`)
@@ -11,13 +11,15 @@ WORKDIR/<dataset>/ then holds
 
 The split is fixed by file name, not drawn, so that every tool sees the same images: ISBI 2012 slices
 0-23 train, 24-29 test (the challenge never released its test labels); WBC Dataset 1 every fifth image
-(005, 010, ..., 300) test; FMD the five noisy frames of field 19 (the dataset's own test field) test.
+(005, 010, ..., 300) test; FMD the five noisy frames of field 19 (the dataset's own test field) test;
+CPM-15 every fifth tile (image05 at 20x, image10 at 40x) test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,9 @@ import pandas as pd
 import tifffile
 import yaml
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
+from snakescope.tasks.instance_segmentation.labels import instances_to_classes, minimum_object_area  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -205,7 +210,84 @@ def biapy_image_to_image_2d(root: Path) -> dict:
     }
 
 
-DATASETS = {"isbi": isbi, "wbc": wbc, "fmd": fmd}
+def cpm15(out: Path, budget_minutes: float) -> None:
+    source = SHARED / "cpm15_he_nuclei"
+    stems = sorted(p.stem for p in (source / "images").glob("*.png"))
+    split = {"task": "instance_segmentation", "train": [s for s in stems if int(s[-2:]) % 5],
+             "test": [s for s in stems if int(s[-2:]) % 5 == 0]}
+
+    def image(stem):  # the tiles are RGBA with an opaque alpha
+        return np.asarray(Image.open(source / "images" / f"{stem}.png").convert("RGB"))
+
+    def instances(stem):
+        return np.asarray(Image.open(source / "masks" / f"{stem}_mask.png"))
+
+    # nnU-Net's watershed gets the minimum object area ours starts from (score.py reads it here).
+    split["min_area"] = minimum_object_area(np.concatenate(
+        [np.bincount(instances(s).ravel())[1:] for s in split["train"]]))
+    (out / "truth").mkdir(parents=True, exist_ok=True)
+    for stem in split["test"]:
+        tifffile.imwrite(out / "truth" / f"{stem}.tif", instances(stem))
+    (out / "split.json").write_text(json.dumps(split, indent=1))
+
+    (out / "snakescope.yaml").write_text(yaml.safe_dump({
+        "task": "instance_segmentation",
+        "data_dir": str(source),
+        "layout": {"images": "images/*.png", "masks": "masks/*.png", "mask_suffix": "_mask",
+                   "test_images": "images/image*[05].png"},
+        "time_budget_minutes": budget_minutes,
+    }, sort_keys=False))
+
+    # nnU-Net learns semantic classes: it gets our U-Net's three (background, interior, boundary) and
+    # its probabilities go through our watershed (score.py), as our U-Net's do.
+    raw = out / "nnunet_raw" / "Dataset503_CPM15"
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        (raw / folder).mkdir(parents=True, exist_ok=True)
+    for stem in split["train"]:
+        Image.fromarray(image(stem)).save(raw / "imagesTr" / f"cpm_{stem[-2:]}_0000.png")
+        Image.fromarray(instances_to_classes(instances(stem)).astype(np.uint8)).save(
+            raw / "labelsTr" / f"cpm_{stem[-2:]}.png")
+    for stem in split["test"]:
+        Image.fromarray(image(stem)).save(raw / "imagesTs" / f"cpm_{stem[-2:]}_0000.png")
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "R", "1": "G", "2": "B"},
+        "labels": {"background": 0, "interior": 1, "boundary": 2},
+        "numTraining": len(split["train"]), "file_ending": ".png"}, indent=1))
+
+    biapy = out / "biapy"
+    for part in ("train", "test"):
+        for folder in ("x", "y"):
+            (biapy / part / folder).mkdir(parents=True, exist_ok=True)
+        for stem in split[part]:
+            tifffile.imwrite(biapy / part / "x" / f"{stem}.tif", image(stem))
+            tifffile.imwrite(biapy / part / "y" / f"{stem}.tif", instances(stem))
+    (biapy / "biapy.yaml").write_text(yaml.safe_dump(biapy_instance_2d(biapy), sort_keys=False))
+
+
+def biapy_instance_2d(root: Path) -> dict:
+    """BiaPy 3.x's template for 2D instance segmentation (templates/instance_segmentation/
+    2d_instance_segmentation.yaml: a U-Net learning foreground and contour channels, then a marker-controlled
+    watershed), with our paths, RGB patches and one worker per core of this machine; its channel list in
+X the template's DATA_MW_TH_TYPE (thresholds are "auto" by default)."""
+    return {
+        "SYSTEM": {"NUM_CPUS": -1, "NUM_WORKERS": 2},
+        "PROBLEM": {"TYPE": "INSTANCE_SEG", "NDIM": "2D",
+                    "INSTANCE_SEG": {"DATA_CHANNELS": ["F", "C"]}},
+        "DATA": {
+            "PATCH_SIZE": "(256, 256, 3)",
+            "TRAIN": {"PATH": str(root / "train" / "x"), "GT_PATH": str(root / "train" / "y"), "IN_MEMORY": True},
+            "VAL": {"SPLIT_TRAIN": 0.1},
+            "TEST": {"PATH": str(root / "test" / "x"), "GT_PATH": str(root / "test" / "y"), "IN_MEMORY": True,
+                     "LOAD_GT": True, "PADDING": "(32,32)"},
+        },
+        "AUGMENTOR": {"ENABLE": True, "RANDOM_ROT": True, "VFLIP": True, "HFLIP": True},
+        "MODEL": {"ARCHITECTURE": "unet", "LOAD_CHECKPOINT": False},
+        "TRAIN": {"ENABLE": True, "OPTIMIZER": "ADAMW", "LR": 1.0e-4, "BATCH_SIZE": 6, "EPOCHS": 360, "PATIENCE": 50},
+        "TEST": {"ENABLE": True, "AUGMENTATION": True, "FULL_IMG": True},
+    }
+
+
+DATASETS = {"isbi": isbi, "wbc": wbc, "fmd": fmd, "cpm15": cpm15}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -28,7 +28,7 @@ case "$tool" in
       '$bin/nnUNetv2_plan_and_preprocess' -d $id -c 2d -np 2 --verify_dataset_integrity
       '$bin/nnUNetv2_train' $id 2d 0 -tr nnUNetTrainer_WallClock -device cpu
       '$bin/nnUNetv2_predict' -i '$nnUNet_raw'/Dataset*/imagesTs -o '$dir/${run}_pred' -d $id -c 2d -f 0 \
-        -tr nnUNetTrainer_WallClock -device cpu -npp 1 -nps 1" ;;
+        -tr nnUNetTrainer_WallClock -device cpu -npp 1 -nps 1 --save_probabilities" ;;
   biapy)
     rm -rf "${dir:?}/${run}_results"
     sed "s/^  EPOCHS: .*/  EPOCHS: ${budget:-360}/" "$dir/biapy/biapy.yaml" > "$dir/biapy/$run.yaml"

@@ -1,11 +1,11 @@
 """Score every tool's test predictions with our evaluation code, and print the comparison table.
 
-    .venv/bin/python bench/peers/score.py WORKDIR/isbi      # or WORKDIR/wbc, WORKDIR/fmd
+    .venv/bin/python bench/peers/score.py WORKDIR/isbi      # or WORKDIR/wbc, WORKDIR/fmd, WORKDIR/cpm15
 
 Reads what bench/peers/run.sh left in the dataset folder: each run's predictions and its `<run>.time`
 (GNU time -v: wall time and the peak resident memory of its largest process), a run being named
-<tool>_<budget>. Writes scores.tsv (one row per test image and run for segmentation and regression, one
-per run for classification) and prints one row per run, the mean over the test images.
+<tool>_<budget>. Writes scores.tsv (one row per test image and run for segmentation, instances and
+regression, one per run for classification) and prints one row per run, the mean over the test images.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scripts"))
 from snakescope.tasks.classification import classification_metrics  # noqa: E402
+from snakescope.tasks.instance_segmentation.labels import watershed_instances  # noqa: E402
+from snakescope.tasks.instance_segmentation.metrics import instance_metrics  # noqa: E402
 from snakescope.tasks.regression.metrics import regression_metrics  # noqa: E402
 from snakescope.tasks.segmentation import segmentation_metrics  # noqa: E402
 
@@ -48,6 +50,25 @@ def nnunet_mask(root: Path, run: str, stem: str) -> np.ndarray:
 def biapy_mask(root: Path, run: str, stem: str) -> np.ndarray:
     (path,) = root.glob(f"{run}_results/*/results/*/per_image_binarized/{int(stem):03d}.tif")
     return 1 - (np.squeeze(_read(path)) > 0).astype(np.uint8)  # BiaPy's class 1 is the membrane
+
+
+# Instances: each reader returns a test image's label image (0 background, 1..N objects).
+def snakescope_instances(root: Path, run: str, stem: str) -> np.ndarray:
+    (path,) = root.glob(f"{run}/results/*/*/seed*/predict/{stem}_instances.tif")
+    return _read(path)
+
+
+def nnunet_instances(root: Path, run: str, stem: str) -> np.ndarray:
+    # nnU-Net's background / interior / boundary probabilities, (3, 1, Y, X), through our watershed with
+    # the default marker threshold and our minimum object area (ours tunes both on its validation images).
+    probabilities = np.load(root / f"{run}_pred" / f"cpm_{stem[-2:]}.npz")["probabilities"][:, 0]
+    min_area = json.loads((root / "split.json").read_text())["min_area"]
+    return watershed_instances(probabilities.astype(np.float32), 0.5, min_area)
+
+
+def biapy_instances(root: Path, run: str, stem: str) -> np.ndarray:
+    (path,) = root.glob(f"{run}_results/*/results/*/full_image_instances/{stem}.tif")
+    return np.squeeze(_read(path))
 
 
 # Classification: each reader returns {test stem: (predicted label, probabilities in `classes` order)}.
@@ -85,6 +106,7 @@ def biapy_images(root: Path, run: str) -> dict:
 
 
 SEGMENTATION = {"snakescope": snakescope_mask, "nnunet": nnunet_mask, "biapy": biapy_mask}
+INSTANCES = {"snakescope": snakescope_instances, "nnunet": nnunet_instances, "biapy": biapy_instances}
 CLASSIFICATION = {"snakescope": snakescope_labels, "biapy": biapy_labels}
 REGRESSION = {"snakescope": snakescope_images, "biapy": biapy_images}
 
@@ -117,6 +139,18 @@ def score_segmentation(root: Path, split: dict) -> pd.DataFrame:
                          "membrane_iou": membrane["foreground_iou"], "membrane_dice": membrane["foreground_dice"],
                          "interior_iou": interior["foreground_iou"], "interior_dice": interior["foreground_dice"],
                          **gnu_time(timing)})
+    return pd.DataFrame(rows)
+
+
+def score_instances(root: Path, split: dict) -> pd.DataFrame:
+    rows = []
+    for timing in finished_runs(root):
+        run = timing.stem
+        read_instances = INSTANCES[run.split("_")[0]]
+        for stem in split["test"]:
+            metrics = instance_metrics(tifffile.imread(root / "truth" / f"{stem}.tif"), read_instances(root, run, stem))
+            rows.append({"run": run, "id": stem, **{k: metrics[k] for k in
+                         ("n_true", "n_pred", "f1_50", "ap_50", "aji", "pq", "dice")}, **gnu_time(timing)})
     return pd.DataFrame(rows)
 
 
@@ -154,8 +188,8 @@ def score_regression(root: Path, split: dict) -> pd.DataFrame:
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     split = json.loads((root / "split.json").read_text())
-    scorer = {"segmentation": score_segmentation, "classification": score_classification,
-              "regression": score_regression}[split["task"]]
+    scorer = {"segmentation": score_segmentation, "instance_segmentation": score_instances,
+              "classification": score_classification, "regression": score_regression}[split["task"]]
     scored = scorer(root, split)
     scored.to_csv(root / "scores.tsv", sep="\t", index=False)
     table = scored.drop(columns="id", errors="ignore").groupby("run", sort=False).mean().round(3)
