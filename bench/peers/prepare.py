@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "workflow" / "scrip
 from snakescope.tasks.instance_segmentation.labels import instances_to_classes, minimum_object_area  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def write_nnunet_raw(raw: Path, split: dict, case: Callable, image: Callable, label: Callable,
+                     channel_names: dict, labels: dict) -> None:
+    """nnU-Net v2's raw layout (imagesTr, labelsTr, imagesTs as PNG, dataset.json) of `split`'s stems;
+    `case` names a stem's case, `image` and `label` read its arrays."""
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        (raw / folder).mkdir(parents=True, exist_ok=True)
+    for stem in split["train"]:
+        Image.fromarray(image(stem)).save(raw / "imagesTr" / f"{case(stem)}_0000.png")
+        Image.fromarray(label(stem)).save(raw / "labelsTr" / f"{case(stem)}.png")
+    for stem in split["test"]:
+        Image.fromarray(image(stem)).save(raw / "imagesTs" / f"{case(stem)}_0000.png")
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": channel_names, "labels": labels,
+        "numTraining": len(split["train"]), "file_ending": ".png"}, indent=1))
+
+
+def write_biapy_pairs(biapy: Path, split: dict, name: Callable, image: Callable, target: Callable) -> None:
+    """BiaPy's paired folders, {train,test}/{x,y}/<name(stem)>.tif, which it pairs by file name."""
+    for part in ("train", "test"):
+        for folder in ("x", "y"):
+            (biapy / part / folder).mkdir(parents=True, exist_ok=True)
+        for stem in split[part]:
+            tifffile.imwrite(biapy / part / "x" / f"{name(stem)}.tif", image(stem))
+            tifffile.imwrite(biapy / part / "y" / f"{name(stem)}.tif", target(stem))
 
 
 def isbi(out: Path, budget_minutes: float) -> None:
@@ -62,25 +89,10 @@ def isbi(out: Path, budget_minutes: float) -> None:
         "time_budget_minutes": budget_minutes,
     }, sort_keys=False))
 
-    raw = out / "nnunet_raw" / "Dataset501_ISBI"
-    for folder in ("imagesTr", "labelsTr", "imagesTs"):
-        (raw / folder).mkdir(parents=True, exist_ok=True)
-    for stem in split["train"]:
-        Image.fromarray(image(stem)).save(raw / "imagesTr" / f"isbi_{int(stem):03d}_0000.png")
-        Image.fromarray(1 - interior(stem)).save(raw / "labelsTr" / f"isbi_{int(stem):03d}.png")
-    for stem in split["test"]:
-        Image.fromarray(image(stem)).save(raw / "imagesTs" / f"isbi_{int(stem):03d}_0000.png")
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "EM"}, "labels": {"background": 0, "membrane": 1},
-        "numTraining": len(split["train"]), "file_ending": ".png"}, indent=1))
-
+    write_nnunet_raw(out / "nnunet_raw" / "Dataset501_ISBI", split, lambda s: f"isbi_{int(s):03d}", image,
+                     lambda s: 1 - interior(s), {"0": "EM"}, {"background": 0, "membrane": 1})
     biapy = out / "biapy"
-    for part in ("train", "test"):
-        for folder in ("x", "y"):
-            (biapy / part / folder).mkdir(parents=True, exist_ok=True)
-        for stem in split[part]:
-            tifffile.imwrite(biapy / part / "x" / f"{int(stem):03d}.tif", image(stem))
-            tifffile.imwrite(biapy / part / "y" / f"{int(stem):03d}.tif", 1 - interior(stem))
+    write_biapy_pairs(biapy, split, lambda s: f"{int(s):03d}", image, lambda s: 1 - interior(s))
     (biapy / "biapy.yaml").write_text(yaml.safe_dump(biapy_semantic_2d(biapy), sort_keys=False))
 
 
@@ -179,14 +191,9 @@ def fmd(out: Path, budget_minutes: float) -> None:
     }, sort_keys=False))
 
     # BiaPy pairs x and y by file name: each noisy frame gets a copy of its field's clean average.
+    frame = {stem[p]: p for p in frames}
     biapy = out / "biapy"
-    for part in ("train", "test"):
-        for folder in ("x", "y"):
-            (biapy / part / folder).mkdir(parents=True, exist_ok=True)
-    for path in frames:
-        part = "test" if path.parent.name == "19" else "train"
-        tifffile.imwrite(biapy / part / "x" / f"{stem[path]}.tif", np.asarray(Image.open(path)))
-        tifffile.imwrite(biapy / part / "y" / f"{stem[path]}.tif", clean[path])
+    write_biapy_pairs(biapy, split, str, lambda s: np.asarray(Image.open(frame[s])), lambda s: clean[frame[s]])
     (biapy / "biapy.yaml").write_text(yaml.safe_dump(biapy_image_to_image_2d(biapy), sort_keys=False))
 
 
@@ -240,27 +247,11 @@ def cpm15(out: Path, budget_minutes: float) -> None:
 
     # nnU-Net learns semantic classes: it gets our U-Net's three (background, interior, boundary) and
     # its probabilities go through our watershed (score.py), as our U-Net's do.
-    raw = out / "nnunet_raw" / "Dataset503_CPM15"
-    for folder in ("imagesTr", "labelsTr", "imagesTs"):
-        (raw / folder).mkdir(parents=True, exist_ok=True)
-    for stem in split["train"]:
-        Image.fromarray(image(stem)).save(raw / "imagesTr" / f"cpm_{stem[-2:]}_0000.png")
-        Image.fromarray(instances_to_classes(instances(stem)).astype(np.uint8)).save(
-            raw / "labelsTr" / f"cpm_{stem[-2:]}.png")
-    for stem in split["test"]:
-        Image.fromarray(image(stem)).save(raw / "imagesTs" / f"cpm_{stem[-2:]}_0000.png")
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "R", "1": "G", "2": "B"},
-        "labels": {"background": 0, "interior": 1, "boundary": 2},
-        "numTraining": len(split["train"]), "file_ending": ".png"}, indent=1))
-
+    write_nnunet_raw(out / "nnunet_raw" / "Dataset503_CPM15", split, lambda s: f"cpm_{s[-2:]}", image,
+                     lambda s: instances_to_classes(instances(s)).astype(np.uint8),
+                     {"0": "R", "1": "G", "2": "B"}, {"background": 0, "interior": 1, "boundary": 2})
     biapy = out / "biapy"
-    for part in ("train", "test"):
-        for folder in ("x", "y"):
-            (biapy / part / folder).mkdir(parents=True, exist_ok=True)
-        for stem in split[part]:
-            tifffile.imwrite(biapy / part / "x" / f"{stem}.tif", image(stem))
-            tifffile.imwrite(biapy / part / "y" / f"{stem}.tif", instances(stem))
+    write_biapy_pairs(biapy, split, str, image, instances)
     (biapy / "biapy.yaml").write_text(yaml.safe_dump(biapy_instance_2d(biapy), sort_keys=False))
 
 
