@@ -258,8 +258,9 @@ def cpm15(out: Path, budget_minutes: float) -> None:
 def biapy_instance_2d(root: Path) -> dict:
     """BiaPy 3.x's template for 2D instance segmentation (templates/instance_segmentation/
     2d_instance_segmentation.yaml: a U-Net learning foreground and contour channels, then a marker-controlled
-    watershed), with our paths, RGB patches and one worker per core of this machine; its channel list in
-X the template's DATA_MW_TH_TYPE (thresholds are "auto" by default)."""
+    watershed), with our paths, RGB patches and one worker per core of this machine; the template's
+    "BC" channels in 3.7's names (foreground F, contour C), which fill the watershed's seeds and "auto"
+    thresholds by default and no longer take the template's DATA_MW_TH_TYPE."""
     return {
         "SYSTEM": {"NUM_CPUS": -1, "NUM_WORKERS": 2},
         "PROBLEM": {"TYPE": "INSTANCE_SEG", "NDIM": "2D",
