@@ -22,6 +22,7 @@ from snakescope.planner import (
     Resources,
     StepCost,
     apply_plan,
+    inference_seconds,
     make_plan,
     measure_step,
     pin_plan,
@@ -145,13 +146,27 @@ def test_batch_size_fills_the_measured_gpu_memory():
     assert plan_batch_size("segmentation", cost, CPU, n_train=1000)[0] == 8
 
 
-def test_epochs_fit_the_time_budget():
-    budget = Resources("cpu", None, None, 2, 10.0)
-    # 0.01 s x 100 samples = 1 s per epoch; 60 % of 600 s over 2 runs = 180 epochs, capped at 100
-    assert plan_epochs(0.01, 100, 2, budget, configured_max=100)[0] == 100
-    assert plan_epochs(0.1, 100, 2, budget, configured_max=100)[0] == 18
-    assert plan_epochs(10.0, 100, 1, budget, configured_max=100)[0] == 3  # never fewer than 3
-    assert plan_epochs(10.0, 100, 1, CPU, configured_max=50)[0] == 50
+def test_under_a_time_budget_the_epochs_are_a_bound_the_budget_reaches_first():
+    # 0.01 s x 100 samples = 1 s per epoch: about 180 epochs in 180 s, bounded at twice that
+    assert plan_epochs(0.01, 100, 180.0, configured_max=100)[0] == 360
+    assert plan_epochs(0.1, 100, 180.0, configured_max=100)[0] == 100  # about 18: the configured maximum
+    assert plan_epochs(10.0, 100, None, configured_max=50)[0] == 50  # no budget: early stopping decides
+
+
+def test_inference_is_estimated_from_windows_passes_and_test_images(tmp_path):
+    cost = StepCost(0.01, None, None, forward_seconds_per_sample=0.002)
+    settings = settings_for({"task": "segmentation", "data_dir": str(tmp_path)})
+    # 20 of 100 test images of 256^2, windows of 128^2 overlapping by a quarter: 3 x 3 (x 1.5 for the
+    # blending); 1 + 20 MC passes
+    segmentation = fingerprint(task="segmentation", side=256)
+    assert inference_seconds(cost, segmentation, settings, [128, 128]) == pytest.approx(20 * 9 * 1.5 * 21 * 0.002)
+    assert inference_seconds(cost, segmentation, {**settings, "uncertainty": False}, [128, 128]) == pytest.approx(
+        20 * 9 * 1.5 * 0.002)
+    given_test_set = fingerprint(task="segmentation", side=256, n_by_subset={"train": 95, "test": 5})
+    assert inference_seconds(cost, given_test_set, settings, [128, 128]) == pytest.approx(5 * 9 * 1.5 * 21 * 0.002)
+    # a classifier's MC samples reuse the backbone's features: one more pass
+    classification = fingerprint(task="classification", side=64)
+    assert inference_seconds(cost, classification, settings, [64, 64]) == pytest.approx(20 * 2 * 0.002)
 
 
 def test_the_time_budget_is_shared_between_the_trainings_and_reaches_each(tmp_path):
@@ -159,10 +174,19 @@ def test_the_time_budget_is_shared_between_the_trainings_and_reaches_each(tmp_pa
                              "seeds": [0, 1], "models": ["unet_small", "segresnet"]})
     plan = make_plan(settings, fingerprint(task="segmentation", side=256), Resources("cpu", None, None, 2, 10.0),
                      library=None, measure=fake_measure)
-    assert plan["time_budget"]["runs"] == 4
-    assert plan["time_budget"]["seconds_per_run"] == 90.0  # 60 % of 600 s over 2 seeds x 2 models
+    budget = plan["time_budget"]
+    assert budget["runs"] == 4 and budget["inference_seconds_per_run"] == pytest.approx(11.34)  # as above
+    # 600 s less 25 s for the dataset and 4 x (50 s fixed + 11.34 s inference), over 2 seeds x 2 models
+    assert budget["seconds_per_run"] == pytest.approx((600 - 25 - 4 * (50 + 11.34)) / 4)
+    # 64 training images x 4 patches x 0.01 s = 2.56 s an epoch: about 32 in 82 s; the bound is the maximum
+    assert plan["settings"]["epochs"] == 100
     (tmp_path / "plan.json").write_text(json.dumps(plan))
-    assert apply_plan(settings, str(tmp_path / "plan.json"))["train_seconds"] == 90.0
+    assert apply_plan(settings, str(tmp_path / "plan.json"))["train_seconds"] == pytest.approx(budget["seconds_per_run"])
+    # a budget shorter than the rest: training keeps a quarter of it, and the plan says the run will overrun
+    short = make_plan({**settings, "time_budget_minutes": 1}, fingerprint(task="segmentation", side=256),
+                      Resources("cpu", None, None, 2, 1.0), library=None, measure=fake_measure)
+    assert short["time_budget"]["seconds_per_run"] == pytest.approx(60 * 0.25 / 4)
+    assert "longer than the budget" in short["time_budget"]["reason"]
     unlimited = make_plan(settings_for({"task": "segmentation", "data_dir": str(tmp_path)}),
                           fingerprint(task="segmentation", side=256), CPU, library=None, measure=fake_measure)
     assert unlimited["time_budget"] is None
@@ -171,11 +195,12 @@ def test_the_time_budget_is_shared_between_the_trainings_and_reaches_each(tmp_pa
 def test_measure_step_times_a_real_training_step():
     cost = measure_step("unet_small", fingerprint(task="segmentation"), [32, 32], "cpu")
     assert 0 < cost.seconds_per_sample < 5
+    assert 0 < cost.forward_seconds_per_sample < cost.seconds_per_sample  # no backward pass, no optimiser
     assert cost.bytes_per_sample is None  # memory is measured on a GPU only
 
 
 def fake_measure(model, fp, shape, device):
-    return StepCost(0.01, None, None)
+    return StepCost(0.01, None, None, forward_seconds_per_sample=0.002)
 
 
 def test_plan_keeps_what_the_user_set_and_plans_the_rest(tmp_path):

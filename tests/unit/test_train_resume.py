@@ -114,8 +114,10 @@ _fit(settings, Path({str(prepared_dir)!r}), Path({str(run_dir)!r}), epochs=200)
 
 
 def test_training_stops_when_its_time_budget_is_spent_counting_a_killed_attempt(prepared, tmp_path, monkeypatch):
-    """With a clock where every epoch lasts 1 s and a budget of 3.5 s, a fourth epoch would overrun: the
-    run stops after three, two of them from an earlier attempt, and keeps its best checkpoint."""
+    """With a clock where every epoch's training and validation last 1 s each and a budget of 7.5 s, a
+    fourth epoch would overrun: after three, two of them from an earlier attempt, a last epoch trains
+    half its steps (0.5 s of training and 1 s of validation fit), then the run stops and keeps its best
+    checkpoint."""
     from snakescope.engine import trainer
 
     monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=itertools.count().__next__))
@@ -124,10 +126,13 @@ def test_training_stops_when_its_time_budget_is_spent_counting_a_killed_attempt(
     for name in ("model.pt", "history.tsv", "model_card.json"):
         (tmp_path / name).unlink()
 
-    card = _fit(settings, prepared_dir, tmp_path, epochs=50, train_seconds=3.5)
+    card = _fit(settings, prepared_dir, tmp_path, epochs=50, train_seconds=7.5)
     history = pd.read_csv(tmp_path / "history.tsv", sep="\t")
-    assert list(history["epoch"]) == [1, 2, 3] and list(history["seconds"]) == [1.0, 1.0, 1.0]
-    assert card["training"]["stopped_by"] == "time budget" and card["training"]["time_limit_seconds"] == 3.5
+    assert list(history["epoch"]) == [1, 2, 3, 4] and list(history["seconds"]) == [2.0] * 4
+    assert list(history["validation_seconds"]) == [1.0] * 4
+    full, last = history["images_per_second"].iloc[2:]
+    assert last == full / 2  # the last epoch's half of the steps
+    assert card["training"]["stopped_by"] == "time budget" and card["training"]["time_limit_seconds"] == 7.5
     best = int(history["val_loss"].idxmin()) + 1
     assert card["training"]["best_epoch"] == best
     saved = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
@@ -139,24 +144,58 @@ def test_training_stops_when_its_time_budget_is_spent_counting_a_killed_attempt(
     assert unlimited["training"]["stopped_by"] == "epochs" and unlimited["training"]["epochs_run"] == 4
 
 
-@pytest.mark.parametrize(("batches", "expected"), [(6, [1 / 4, 2 / 4, 3 / 4, 1, 1, 1]), (2, [1 / 4, 2 / 4])])
-def test_a_warm_up_raises_the_learning_rate_step_by_step_and_leaves_it_at_its_value(batches, expected):
-    """Mask R-CNN's first epoch starts at a fraction of the rate (DetectorTrainer.warmup_steps); an epoch
-    shorter than the warm-up still hands the full rate to the next."""
+def _bare_trainer(network, **cfg):
     from snakescope.engine import distributed
     from snakescope.engine.trainer import Trainer
 
+    trainer = Trainer.__new__(Trainer)
+    trainer.model, trainer.train_model, trainer.device = network, network, torch.device("cpu")
+    trainer.cfg = SimpleNamespace(**{"max_batches_per_epoch": 0, "learning_rate": 0.4, **cfg})
+    trainer.group = distributed.SINGLE
+    trainer.step_loss = lambda batch: (network(batch).sum(), len(batch))
+    trainer.clip_gradients = lambda: None
+    return trainer
+
+
+def _bare_trainer_recording_rates():
+    """A bare trainer of a linear layer, its SGD optimiser at rate 0.4, and the list of each step's rate."""
     network = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.4)
     rates = []
     step = optimizer.step
     optimizer.step = lambda: rates.append(optimizer.param_groups[0]["lr"]) or step()
-    trainer = Trainer.__new__(Trainer)
-    trainer.model, trainer.train_model, trainer.device = network, network, torch.device("cpu")
-    trainer.cfg = SimpleNamespace(max_batches_per_epoch=0, learning_rate=0.4)
-    trainer.group = distributed.SINGLE
-    trainer.step_loss = lambda batch: (network(batch).sum(), len(batch))
-    trainer.clip_gradients = lambda: None
+    return _bare_trainer(network), optimizer, rates
+
+
+@pytest.mark.parametrize(("batches", "expected"), [(6, [1 / 4, 2 / 4, 3 / 4, 1, 1, 1]), (2, [1 / 4, 2 / 4])])
+def test_a_warm_up_raises_the_learning_rate_step_by_step_and_leaves_it_at_its_value(batches, expected):
+    """Mask R-CNN's first epoch starts at a fraction of the rate (DetectorTrainer.warmup_steps); an epoch
+    shorter than the warm-up still hands the full rate to the next."""
+    trainer, optimizer, rates = _bare_trainer_recording_rates()
     trainer.train_epoch([torch.ones(1, 2)] * batches, optimizer, warmup=3)
     assert rates == pytest.approx([0.4 * f for f in expected])
+    assert optimizer.param_groups[0]["lr"] == 0.4
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [
+    ([], (0.0, 0.1)),  # no epoch yet: the planned epochs are the only estimate
+    ([10.0], (0.1, 0.2)),  # as fast as planned: progress by epochs
+    ([30.0, 20.0], (0.5, 0.8)),  # slower than planned: 50 s of 100 spent, the slowest epoch took 30
+    ([60.0, 30.0], (0.9, 1.0)),  # the estimate passes the budget's end: cut at 1
+])
+def test_under_a_time_budget_an_epochs_progress_is_the_larger_of_epochs_and_seconds(seconds, expected):
+    trainer = _bare_trainer(torch.nn.Linear(2, 1), epochs=10, train_seconds=100.0)
+    assert trainer.annealing_span([{"seconds": s} for s in seconds]) == pytest.approx(expected)
+    assert trainer.annealing_span([{"seconds": 20.0}], last=True) == pytest.approx((0.2, 1.0))  # a last epoch ends at 1
+    assert _bare_trainer(torch.nn.Linear(2, 1), epochs=10, train_seconds=None).annealing_span([]) is None
+
+
+def test_annealing_lowers_the_rate_along_a_half_cosine_within_the_epoch_and_restores_it():
+    """The second half of training in four steps: from the full rate's half towards zero."""
+    import math
+
+    trainer, optimizer, rates = _bare_trainer_recording_rates()
+    trainer.train_epoch([torch.ones(1, 2)] * 4, optimizer, anneal=(0.5, 1.0))
+    expected = [0.4 * (1 + math.cos(math.pi * (0.5 + 0.5 * i / 4))) / 2 for i in range(4)]
+    assert rates == pytest.approx(expected) and rates[0] == pytest.approx(0.2)
     assert optimizer.param_groups[0]["lr"] == 0.4

@@ -374,6 +374,8 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "max_batches_per_epoch",
         "device",
         "time_budget_minutes",
+        "uncertainty",
+        "mc_samples",
         "gpu_memory_gb",
         "train_processes",
         "results_library",
@@ -406,8 +408,10 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 
 
 # User-set values the planner reads only to measure a training step (the model and its input size) and
-# to share a time budget (the number of seeds).
+# to share a time budget (the number of seeds); and values it reads only to share a time budget (the
+# passes of prediction and uncertainty it leaves time for).
 _MEASURE_KEYS = ("models", "patch_size", "seeds")
+_BUDGET_KEYS = ("uncertainty", "mc_samples")
 
 
 def stage_settings(settings: dict, stage: str) -> dict:
@@ -421,8 +425,10 @@ def stage_settings(settings: dict, stage: str) -> dict:
         auto = set(settings.get("auto_keys", []))
         # measuring a step, or sharing a time budget, needs the models and seeds even where the user set them
         measures = bool(auto & {"batch_size", "epochs"}) or bool(settings.get("time_budget_minutes"))
+        budget = bool(settings.get("time_budget_minutes"))
         keys = [
             k for k in keys
-            if k in auto or (k not in PLANNED_KEYS and k != "seeds") or (measures and k in _MEASURE_KEYS)
+            if k in auto or (k not in PLANNED_KEYS and k not in ("seeds", *_BUDGET_KEYS))
+            or (measures and k in _MEASURE_KEYS) or (budget and k in _BUDGET_KEYS)
         ]
     return {key: settings.get(key) for key in keys}

@@ -35,9 +35,18 @@ log = logging.getLogger(__name__)
 MAX_PATCH = {("cuda", 2): 256, ("cpu", 2): 128, ("cuda", 3): 128, ("cpu", 3): 64}
 MIN_PATCH = {2: 32, 3: 16}
 GPU_MEMORY_SHARE = 0.8  # of the GPU's memory the planner fills; the rest is for the allocator and cuDNN
-MIN_EPOCHS = 3
-# Share of the time budget spent in training steps; validation, prediction and uncertainty take the rest.
-TRAINING_SHARE = 0.6
+# What a time budget must leave besides training, measured on two CPU cores (ISBI in docs/peers.md):
+# the dataset's conversion, planning, split, augmentation preview and summary (about 25 s with
+# Snakemake's start), and each run's fixed costs: train's set-up, and the start-up (PyTorch and MONAI
+# imports), outputs and timing of predict, uncertainty, evaluate and export (about 50 s). Prediction and
+# uncertainty themselves are estimated from the measured forward pass (`inference_seconds`), times
+# SLIDING_WINDOW_COST for the window blending and sampling bookkeeping (measured 1.1x for SegResNet,
+# 2.1x for the small U-Net on 512^2 images).
+OVERHEAD_SECONDS_PER_DATASET = 25.0
+OVERHEAD_SECONDS_PER_RUN = 50.0
+SLIDING_WINDOW_COST = 1.5
+# Training keeps at least this share of the budget, however long the rest is estimated to take.
+MIN_TRAINING_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -97,12 +106,13 @@ class StepCost:
     seconds_per_sample: float
     bytes_per_sample: float | None  # GPU only: measured peak memory per extra sample
     fixed_bytes: float | None  # GPU only: weights, optimiser state, workspace
+    forward_seconds_per_sample: float | None = None  # inference (no gradients) of one sample
 
 
 def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], device: str,
                  batch_sizes: tuple[int, int] = (2, 4)) -> StepCost:
     """Time (and on a GPU, peak memory of) real forward/backward/Adam steps of `model_name` on random
-    input of the dataset's channels and `sample_shape`, at two batch sizes.
+    input of the dataset's channels and `sample_shape`, at two batch sizes, and time its inference.
 
     Memory per sample is the difference of the two peaks divided by the batch difference (nnU-Net's
     planner estimates the same quantity from a formula; measuring needs no formula per network).
@@ -131,6 +141,15 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
+    def forward(batch: int) -> float:
+        image = torch.rand((batch, fingerprint["channels"], *sample_shape), generator=generator).to(torch_device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model(image)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
     small, large = batch_sizes
     peaks = []
     for batch in (small, large):
@@ -141,10 +160,12 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
         if device == "cuda":
             peaks.append(torch.cuda.max_memory_allocated())
     seconds = min(step(large) for _ in range(2)) / large
+    model.eval()
+    forward_seconds = min(forward(large) for _ in range(2)) / large
     if device != "cuda":
-        return StepCost(seconds, None, None)
+        return StepCost(seconds, None, None, forward_seconds)
     per_sample = max(1.0, (peaks[1] - peaks[0]) / (large - small))
-    return StepCost(seconds, per_sample, max(0.0, peaks[0] - small * per_sample))
+    return StepCost(seconds, per_sample, max(0.0, peaks[0] - small * per_sample), forward_seconds)
 
 
 def plan_batch_size(task_name: str, cost: StepCost, resources: Resources, n_train: int,
@@ -173,38 +194,74 @@ def _multiple_of(batch: int, processes: int) -> int:
     return max(processes, batch // processes * processes)
 
 
-def plan_epochs(seconds_per_sample: float, samples_per_epoch: int, runs: int, resources: Resources,
+def plan_epochs(seconds_per_sample: float, samples_per_epoch: int, train_seconds: float | None,
                 configured_max: int) -> tuple[int, str]:
-    """Epochs that fit the time budget shared by `runs` trainings (early stopping may end sooner)."""
+    """Without a time budget the configured maximum, with early stopping. With one (`train_seconds` per
+    run), the budget ends training (`engine.trainer`, which also anneals the learning rate over it), so
+    the epochs are only a bound it should not reach: twice the measured estimate, at least the configured
+    maximum, since a step measured on random input can be off either way (a loaded machine)."""
     epoch_seconds = seconds_per_sample * samples_per_epoch
-    if not resources.time_budget_minutes:
+    if not train_seconds:
         return configured_max, (
             f"no time budget: up to {configured_max} epochs with early stopping "
             f"(measured {epoch_seconds:.1f} s per epoch)"
         )
-    budget = seconds_per_run(resources.time_budget_minutes, runs)
-    epochs = int(max(MIN_EPOCHS, min(configured_max, budget // max(epoch_seconds, 1e-6))))
+    estimate = int(train_seconds // max(epoch_seconds, 1e-6))
+    epochs = max(configured_max, 2 * estimate)
     return epochs, (
-        f"measured {epoch_seconds:.1f} s per epoch ({samples_per_epoch} samples); {TRAINING_SHARE:.0%} of the "
-        f"{resources.time_budget_minutes:g} min budget over {runs} run(s) gives {epochs} epochs"
+        f"measured {epoch_seconds:.1f} s per epoch ({samples_per_epoch} samples): about {estimate} epochs in "
+        f"the {train_seconds:.0f} s of training the budget leaves each run; the budget ends training, "
+        f"{epochs} is only a bound"
     )
 
 
-def seconds_per_run(budget_minutes: float, runs: int) -> float:
-    """One training's share of the time budget: the rest goes to converting, predicting and evaluating."""
-    return budget_minutes * 60 * TRAINING_SHARE / max(1, runs)
+def n_test_images(fingerprint: dict, settings: dict) -> int:
+    subsets = fingerprint.get("n_by_subset", {})
+    if "test" in subsets:
+        return subsets["test"]
+    return max(1, round(fingerprint["n_images"] * settings["test_fraction"]))
 
 
-def share_time_budget(budget_minutes: float | None, seeds: list | None, models: list | None) -> dict | None:
-    """How the time budget is shared between the trainings of a dataset (each stops when its share is
-    spent, `engine.trainer`); None without a budget."""
+def inference_seconds(cost: StepCost, fingerprint: dict, settings: dict, sample_shape: list[int]) -> float:
+    """Estimated seconds of one run's prediction and Monte-Carlo uncertainty on the test set: the
+    measured forward time of a sample (a third of a training step where it was not measured) times the
+    test images and, for dense tasks, the sliding windows of a median test image (times
+    SLIDING_WINDOW_COST) and the passes: one, plus `mc_samples` with `uncertainty`. A whole-image task
+    samples only its classifier's head (`engine.inference.sample_dropout`): one pass more."""
+    from snakescope.engine.inference import WINDOW_OVERLAP
+
+    forward = cost.forward_seconds_per_sample or cost.seconds_per_sample / 3
+    uncertainty = settings.get("uncertainty", True)
+    if not get_task(fingerprint["task"]).dense:
+        return n_test_images(fingerprint, settings) * (1 + uncertainty) * forward
+    windows = 1
+    for side, patch in zip(fingerprint["shape_median"][-len(sample_shape):], sample_shape):
+        windows *= math.ceil(max(side - patch, 0) / (patch * (1 - WINDOW_OVERLAP))) + 1
+    passes = 1 + (settings.get("mc_samples", 20) if uncertainty else 0)
+    return n_test_images(fingerprint, settings) * windows * passes * forward * SLIDING_WINDOW_COST
+
+
+def share_time_budget(budget_minutes: float | None, seeds: list | None, models: list | None,
+                      inference_seconds_per_run: float = 0.0) -> dict | None:
+    """How the time budget is shared (each training stops when its share is spent, `engine.trainer`): the
+    whole budget less the estimated rest (fixed overheads and each run's prediction and uncertainty),
+    at least MIN_TRAINING_SHARE of it, over the dataset's trainings; None without a budget."""
     if not budget_minutes:
         return None
     runs = len(seeds or [0]) * len(models or [None])
-    seconds = seconds_per_run(budget_minutes, runs)
-    return {"minutes": budget_minutes, "training_share": TRAINING_SHARE, "runs": runs, "seconds_per_run": seconds,
-            "reason": f"{TRAINING_SHARE:.0%} of the {budget_minutes:g} min budget over {runs} training run(s) "
-                      f"({len(seeds or [0])} seed(s) x {len(models or [None])} model(s)): each stops after "
+    total = budget_minutes * 60
+    rest = OVERHEAD_SECONDS_PER_DATASET + runs * (OVERHEAD_SECONDS_PER_RUN + inference_seconds_per_run)
+    training = max(MIN_TRAINING_SHARE * total, total - rest)
+    seconds = training / runs
+    short = (f"; the rest is estimated at {rest:.0f} s, so the run will take longer than the budget"
+             if total - rest < MIN_TRAINING_SHARE * total else "")
+    return {"minutes": budget_minutes, "training_share": training / total, "runs": runs, "seconds_per_run": seconds,
+            "rest_seconds": rest, "inference_seconds_per_run": inference_seconds_per_run,
+            "reason": f"{total:.0f} s budget: {OVERHEAD_SECONDS_PER_DATASET:.0f} s for conversion, planning and "
+                      f"report, and per run {OVERHEAD_SECONDS_PER_RUN:.0f} s of start-up and "
+                      f"{inference_seconds_per_run:.0f} s of prediction and uncertainty (estimated from the "
+                      f"measured forward pass), leave {training:.0f} s of training{short}; over {runs} run(s) "
+                      f"({len(seeds or [0])} seed(s) x {len(models or [None])} model(s)) each stops after "
                       f"{seconds:.0f} s, keeping its best checkpoint, however loaded the machine is"}
 
 
@@ -309,6 +366,9 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
     else:
         choose("batch_size", 2, "rules", f"{model} is not timed on random input: two images per step")
     batch = chosen["batch_size"]["value"]
+    time_budget = share_time_budget(
+        resources.time_budget_minutes, settings.get("seeds"), chosen["models"]["value"],
+        0.0 if cost is None else inference_seconds(cost, fingerprint, settings, sample_shape))
     if cost is not None:
         from snakescope.engine.trainer import patches_for_area
 
@@ -317,8 +377,8 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
         samples = n_train * per_image
         if settings.get("max_batches_per_epoch"):
             samples = min(samples, settings["max_batches_per_epoch"] * batch)
-        runs = len(settings.get("seeds") or [0]) * len(chosen["models"]["value"])
-        epochs, reason = plan_epochs(cost.seconds_per_sample, samples, runs, resources, settings["epochs"])
+        epochs, reason = plan_epochs(cost.seconds_per_sample, samples, time_budget and time_budget["seconds_per_run"],
+                                     settings["epochs"])
         choose("epochs", epochs, "rules", reason)
     else:
         choose("epochs", settings["epochs"], "rules", "schema default with early stopping")
@@ -337,8 +397,7 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
             "neighbours": recommendation.neighbours, "candidates": recommendation.candidates,
         },
         "measured": None if cost is None else {"model": model, "sample_shape": sample_shape, **cost.__dict__},
-        "time_budget": share_time_budget(resources.time_budget_minutes, settings.get("seeds"),
-                                         chosen["models"]["value"]),
+        "time_budget": time_budget,
     }
 
 

@@ -21,6 +21,7 @@ checkpoints, history, TensorBoard logs, model and card; every process resumes fr
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,20 +243,29 @@ class Trainer:
         log.info("training data %s: %s", *self.data_path, extra=PROGRESS)
 
         out_of_time = False
-        while state["epoch"] < cfg.epochs and state["stale_epochs"] < cfg.patience:
-            out_of_time = self.out_of_time(state["history"])
-            if out_of_time:
+        steps_per_epoch = min(len(loader), cfg.max_batches_per_epoch or len(loader))
+        while state["epoch"] < cfg.epochs and state["stale_epochs"] < cfg.patience and not out_of_time:
+            steps = self.steps_in_budget(state["history"], steps_per_epoch)
+            out_of_time = steps is not None
+            if steps == 0:
                 break
+            if steps:
+                log.info("time budget: a last epoch of %d of %d steps fits", steps, steps_per_epoch, extra=PROGRESS)
             epoch = state["epoch"] + 1
             epoch_seed = cfg.seed * 100_003 + epoch
             # dropout draws its own masks in every process; the batches' generator is the same in all
             torch.manual_seed(epoch_seed + 7_919 * group.rank)
             generator.manual_seed(epoch_seed)
             started = time.perf_counter()
-            train_loss, n_images = self.train_epoch(loader, optimizer, warmup=self.warmup_steps if epoch == 1 else 0)
+            train_loss, n_images = self.train_epoch(loader, optimizer, warmup=self.warmup_steps if epoch == 1 else 0,
+                                                    anneal=self.annealing_span(state["history"], last=out_of_time),
+                                                    max_steps=steps)
+            validating = time.perf_counter()
             row = {"epoch": epoch, "train_loss": train_loss, **self.validate()}
-            seconds = time.perf_counter() - started
-            row.update({"seconds": seconds, "images_per_second": n_images / max(seconds, 1e-9)})
+            finished = time.perf_counter()
+            seconds = finished - started
+            row.update({"seconds": seconds, "validation_seconds": finished - validating,
+                        "images_per_second": n_images / max(seconds, 1e-9)})
             best_state = checkpoint.finish_epoch(work_dir, hash_, model, optimizer, state, row, self.monitor,
                                                  self.higher_is_better, save=group.is_main) or best_state
             values = {k: v for k, v in row.items() if k not in ("epoch", "seconds", "improved")}
@@ -324,34 +334,73 @@ class Trainer:
         return {"temperature": fitted if applied else 1.0, "temperature_fitted": fitted, "applied": applied,
                 "reason": reason, "val_ece": before, "val_ece_temperature_scaled": after}
 
-    def out_of_time(self, history: list[dict]) -> bool:
-        """Whether one more epoch, as slow as the slowest so far, would overrun `cfg.train_seconds` (the
-        epochs of an earlier, killed attempt count); every process gets the same answer."""
+    def steps_in_budget(self, history: list[dict], steps_per_epoch: int) -> int | None:
+        """None while one more epoch, as slow as the slowest so far, fits in `cfg.train_seconds` (or
+        there is no budget); else the training steps that fit before the budget's end with a validation
+        as slow as the slowest, for a last, shorter epoch that spends the budget instead of leaving up to
+        an epoch of it unused; 0 when under a tenth of an epoch fits. The epochs of an earlier, killed
+        attempt count; every process gets the same answer."""
         if not self.cfg.train_seconds or not history:
-            return False
-        slowest = max(row["seconds"] for row in history)
-        over = _seconds_spent(history) + slowest > self.cfg.train_seconds
-        (votes,) = distributed.sum_over_processes([float(over)], self.group)
-        return votes > 0
+            return None
+        spent, budget = _seconds_spent(history), self.cfg.train_seconds
+        (over,) = distributed.sum_over_processes([float(spent + max(row["seconds"] for row in history) > budget)],
+                                                 self.group)
+        if not over:
+            return None
+        validation = max(row.get("validation_seconds", 0.0) for row in history)
+        step = max(row["seconds"] - row.get("validation_seconds", 0.0) for row in history) / steps_per_epoch
+        (steps,) = distributed.sum_over_processes([(budget - spent - validation) / max(step, 1e-9)], self.group)
+        steps = int(steps / self.group.world)
+        return steps if steps >= max(1, steps_per_epoch // 10) else 0
 
-    def train_epoch(self, loader, optimizer, warmup: int = 0) -> tuple[float, int]:
-        """One pass over the training batches; returns (mean loss, images seen). The first `warmup`
-        steps take the learning rate times (step + 1) / (warmup + 1)."""
+    def annealing_span(self, history: list[dict], last: bool = False) -> tuple[float, float] | None:
+        """Under a time budget (`cfg.train_seconds`) the learning rate falls along a half cosine to zero
+        at the end of training, the planned epochs or the budget, whichever comes first: a run the budget
+        stops ends on small steps instead of at its full rate. Returns the training's progress (0 to 1)
+        at this epoch's start and end, the time share estimated from the slowest epoch so far as in
+        `steps_in_budget` (a killed attempt's epochs count), the end 1 for the `last` epoch; None
+        without a budget (a constant rate: early stopping ends such a run, so its end is not known in
+        advance)."""
+        cfg = self.cfg
+        if not cfg.train_seconds:
+            return None
+        done = len(history)
+        start, end = done / cfg.epochs, (done + 1) / cfg.epochs
+        if history:
+            spent, slowest = _seconds_spent(history), max(row["seconds"] for row in history)
+            start, end = max(start, spent / cfg.train_seconds), max(end, (spent + slowest) / cfg.train_seconds)
+        if last:
+            end = 1.0
+        if self.group.world > 1:  # the processes' clocks differ slightly; their weights must not
+            start, end = (value / self.group.world for value in distributed.sum_over_processes([start, end], self.group))
+        return min(start, 1.0), min(end, 1.0)
+
+    def train_epoch(self, loader, optimizer, warmup: int = 0, anneal: tuple[float, float] | None = None,
+                    max_steps: int | None = None) -> tuple[float, int]:
+        """One pass over the training batches, at most `max_steps` (and `cfg.max_batches_per_epoch`) of
+        them; returns (mean loss, images seen). The first `warmup` steps take the learning rate times
+        (step + 1) / (warmup + 1); with `anneal` (progress at the epoch's start and end,
+        `annealing_span`) each step takes it times (1 + cos(pi * progress)) / 2."""
         self.model.train()
         total, n_images = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        steps = min(len(loader), self.cfg.max_batches_per_epoch or len(loader), max_steps or len(loader))
         for batch_index, batch in enumerate(loader):
-            if self.cfg.max_batches_per_epoch and batch_index >= self.cfg.max_batches_per_epoch:
+            if batch_index >= steps:
                 break
             loss, n = self.step_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.clip_gradients()
-            if warmup:
-                _set_learning_rate(optimizer, self.cfg.learning_rate * min(1.0, (batch_index + 1) / (warmup + 1)))
+            if warmup or anneal:
+                rate = self.cfg.learning_rate * min(1.0, (batch_index + 1) / (warmup + 1))
+                if anneal:
+                    progress = anneal[0] + (anneal[1] - anneal[0]) * batch_index / steps
+                    rate *= (1 + math.cos(math.pi * progress)) / 2
+                _set_learning_rate(optimizer, rate)
             optimizer.step()
             total += loss.detach().double() * n  # summed on the device: no sync per step
             n_images += n
-        if warmup:  # an epoch shorter than the warm-up leaves the next at the full rate
+        if warmup or anneal:  # an epoch shorter than the warm-up leaves the next at the full rate
             _set_learning_rate(optimizer, self.cfg.learning_rate)
         total, n_images = distributed.sum_over_processes([total.item(), n_images], self.group)
         return total / max(n_images, 1), int(n_images)
