@@ -25,6 +25,7 @@ from snakescope.planner import (
     inference_seconds,
     make_plan,
     measure_step,
+    overhead_seconds_per_run,
     pin_plan,
     plan_batch_size,
     plan_epochs,
@@ -187,9 +188,16 @@ def test_the_time_budget_is_shared_between_the_trainings_and_reaches_each(tmp_pa
                       Resources("cpu", None, None, 2, 1.0), library=None, measure=fake_measure)
     assert short["time_budget"]["seconds_per_run"] == pytest.approx(60 * 0.25 / 4)
     assert "longer than the budget" in short["time_budget"]["reason"]
+
     unlimited = make_plan(settings_for({"task": "segmentation", "data_dir": str(tmp_path)}),
                           fingerprint(task="segmentation", side=256), CPU, library=None, measure=fake_measure)
     assert unlimited["time_budget"] is None
+
+
+def test_a_runs_fixed_costs_count_only_the_jobs_it_runs():
+    assert overhead_seconds_per_run({}) == 50.0  # train, predict, evaluate, uncertainty and export
+    assert overhead_seconds_per_run({"uncertainty": False, "export": False}) == 25.0
+    assert overhead_seconds_per_run({"uncertainty": True, "export": False}) == 37.0
 
 
 def test_measure_step_times_a_real_training_step():

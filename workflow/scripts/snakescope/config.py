@@ -376,6 +376,7 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
         "time_budget_minutes",
         "uncertainty",
         "mc_samples",
+        "export",
         "gpu_memory_gb",
         "train_processes",
         "results_library",
@@ -409,9 +410,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
 
 # User-set values the planner reads only to measure a training step (the model and its input size) and
 # to share a time budget (the number of seeds); and values it reads only to share a time budget (the
-# passes of prediction and uncertainty it leaves time for).
+# passes of prediction and uncertainty, and the jobs, it leaves time for).
 _MEASURE_KEYS = ("models", "patch_size", "seeds")
-_BUDGET_KEYS = ("uncertainty", "mc_samples")
+_BUDGET_KEYS = ("uncertainty", "mc_samples", "export")
 
 
 def stage_settings(settings: dict, stage: str) -> dict:

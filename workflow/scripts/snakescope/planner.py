@@ -37,13 +37,12 @@ MIN_PATCH = {2: 32, 3: 16}
 GPU_MEMORY_SHARE = 0.8  # of the GPU's memory the planner fills; the rest is for the allocator and cuDNN
 # What a time budget must leave besides training, measured on two CPU cores (ISBI in docs/peers.md):
 # the dataset's conversion, planning, split, augmentation preview and summary (about 25 s with
-# Snakemake's start), and each run's fixed costs: train's set-up, and the start-up (PyTorch and MONAI
-# imports), outputs and timing of predict, uncertainty, evaluate and export (about 50 s). Prediction and
-# uncertainty themselves are estimated from the measured forward pass (`inference_seconds`), times
-# SLIDING_WINDOW_COST for the window blending and sampling bookkeeping (measured 1.1x for SegResNet,
-# 2.1x for the small U-Net on 512^2 images).
+# Snakemake's start), and each run's fixed costs: the start-up (PyTorch and MONAI imports), outputs and
+# timing of its jobs (`overhead_seconds_per_run`). Prediction and uncertainty themselves are estimated
+# from the measured forward pass (`inference_seconds`), times SLIDING_WINDOW_COST for the window blending
+# and sampling bookkeeping (measured 1.1x for SegResNet, 2.1x for the small U-Net on 512^2 images).
 OVERHEAD_SECONDS_PER_DATASET = 25.0
-OVERHEAD_SECONDS_PER_RUN = 50.0
+OVERHEAD_SECONDS_PER_RUN = {"train, predict, evaluate": 25.0, "uncertainty": 12.0, "export": 13.0}
 SLIDING_WINDOW_COST = 1.5
 # Training keeps at least this share of the budget, however long the rest is estimated to take.
 MIN_TRAINING_SHARE = 0.25
@@ -241,8 +240,15 @@ def inference_seconds(cost: StepCost, fingerprint: dict, settings: dict, sample_
     return n_test_images(fingerprint, settings) * windows * passes * forward * SLIDING_WINDOW_COST
 
 
+def overhead_seconds_per_run(settings: dict) -> float:
+    """A run's fixed costs: those of its train, predict and evaluate jobs, and of the uncertainty and
+    export jobs where they run."""
+    return sum(seconds for job, seconds in OVERHEAD_SECONDS_PER_RUN.items()
+               if job not in ("uncertainty", "export") or settings.get(job, True))
+
+
 def share_time_budget(budget_minutes: float | None, seeds: list | None, models: list | None,
-                      inference_seconds_per_run: float = 0.0) -> dict | None:
+                      inference_seconds_per_run: float = 0.0, overhead_per_run: float = 50.0) -> dict | None:
     """How the time budget is shared (each training stops when its share is spent, `engine.trainer`): the
     whole budget less the estimated rest (fixed overheads and each run's prediction and uncertainty),
     at least MIN_TRAINING_SHARE of it, over the dataset's trainings; None without a budget."""
@@ -250,7 +256,7 @@ def share_time_budget(budget_minutes: float | None, seeds: list | None, models: 
         return None
     runs = len(seeds or [0]) * len(models or [None])
     total = budget_minutes * 60
-    rest = OVERHEAD_SECONDS_PER_DATASET + runs * (OVERHEAD_SECONDS_PER_RUN + inference_seconds_per_run)
+    rest = OVERHEAD_SECONDS_PER_DATASET + runs * (overhead_per_run + inference_seconds_per_run)
     training = max(MIN_TRAINING_SHARE * total, total - rest)
     seconds = training / runs
     short = (f"; the rest is estimated at {rest:.0f} s, so the run will take longer than the budget"
@@ -258,7 +264,7 @@ def share_time_budget(budget_minutes: float | None, seeds: list | None, models: 
     return {"minutes": budget_minutes, "training_share": training / total, "runs": runs, "seconds_per_run": seconds,
             "rest_seconds": rest, "inference_seconds_per_run": inference_seconds_per_run,
             "reason": f"{total:.0f} s budget: {OVERHEAD_SECONDS_PER_DATASET:.0f} s for conversion, planning and "
-                      f"report, and per run {OVERHEAD_SECONDS_PER_RUN:.0f} s of start-up and "
+                      f"report, and per run {overhead_per_run:.0f} s of start-ups and outputs and "
                       f"{inference_seconds_per_run:.0f} s of prediction and uncertainty (estimated from the "
                       f"measured forward pass), leave {training:.0f} s of training{short}; over {runs} run(s) "
                       f"({len(seeds or [0])} seed(s) x {len(models or [None])} model(s)) each stops after "
@@ -368,7 +374,8 @@ def make_plan(settings: dict, fingerprint: dict, resources: Resources, library=N
     batch = chosen["batch_size"]["value"]
     time_budget = share_time_budget(
         resources.time_budget_minutes, settings.get("seeds"), chosen["models"]["value"],
-        0.0 if cost is None else inference_seconds(cost, fingerprint, settings, sample_shape))
+        0.0 if cost is None else inference_seconds(cost, fingerprint, settings, sample_shape),
+        overhead_seconds_per_run(settings))
     if cost is not None:
         from snakescope.engine.trainer import patches_for_area
 
@@ -431,7 +438,7 @@ def pin_plan(settings: dict, pinned: dict, fingerprint: dict) -> dict:
     return {**pinned, "dataset": fingerprint["dataset"], "task": fingerprint["task"],
             "settings": {k: d["value"] for k, d in decisions.items()}, "decisions": decisions,
             "time_budget": share_time_budget(settings.get("time_budget_minutes"), settings.get("seeds"),
-                                             decisions["models"]["value"])}
+                                             decisions["models"]["value"], 0.0, overhead_seconds_per_run(settings))}
 
 
 def apply_plan(settings: dict, plan_json: str) -> dict:

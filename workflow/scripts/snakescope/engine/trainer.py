@@ -268,7 +268,7 @@ class Trainer:
                         "images_per_second": n_images / max(seconds, 1e-9)})
             best_state = checkpoint.finish_epoch(work_dir, hash_, model, optimizer, state, row, self.monitor,
                                                  self.higher_is_better, save=group.is_main) or best_state
-            values = {k: v for k, v in row.items() if k not in ("epoch", "seconds", "improved")}
+            values = {k: v for k, v in row.items() if k not in ("epoch", "seconds", "validation_seconds", "improved")}
             for key, value in values.items():
                 if writer:
                     writer.add_scalar(key, value, epoch)
