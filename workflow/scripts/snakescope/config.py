@@ -425,8 +425,8 @@ def stage_settings(settings: dict, stage: str) -> dict:
     if stage == "recommend":
         auto = set(settings.get("auto_keys", []))
         # measuring a step, or sharing a time budget, needs the models and seeds even where the user set them
-        measures = bool(auto & {"batch_size", "epochs"}) or bool(settings.get("time_budget_minutes"))
         budget = bool(settings.get("time_budget_minutes"))
+        measures = bool(auto & {"batch_size", "epochs"}) or budget
         keys = [
             k for k in keys
             if k in auto or (k not in PLANNED_KEYS and k not in ("seeds", *_BUDGET_KEYS))

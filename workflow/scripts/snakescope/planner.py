@@ -227,15 +227,16 @@ def inference_seconds(cost: StepCost, fingerprint: dict, settings: dict, sample_
     test images and, for dense tasks, the sliding windows of a median test image (times
     SLIDING_WINDOW_COST) and the passes: one, plus `mc_samples` with `uncertainty`. A whole-image task
     samples only its classifier's head (`engine.inference.sample_dropout`): one pass more."""
-    from snakescope.engine.inference import WINDOW_OVERLAP
+    from snakescope.engine.inference import window_step
 
     forward = cost.forward_seconds_per_sample or cost.seconds_per_sample / 3
     uncertainty = settings.get("uncertainty", True)
     if not get_task(fingerprint["task"]).dense:
         return n_test_images(fingerprint, settings) * (1 + uncertainty) * forward
     windows = 1
-    for side, patch in zip(fingerprint["shape_median"][-len(sample_shape):], sample_shape):
-        windows *= math.ceil(max(side - patch, 0) / (patch * (1 - WINDOW_OVERLAP))) + 1
+    for side, patch, step in zip(fingerprint["shape_median"][-len(sample_shape):], sample_shape,
+                                 window_step(sample_shape)):
+        windows *= math.ceil(max(side - patch, 0) / step) + 1
     passes = 1 + (settings.get("mc_samples", 20) if uncertainty else 0)
     return n_test_images(fingerprint, settings) * windows * passes * forward * SLIDING_WINDOW_COST
 
@@ -248,7 +249,7 @@ def overhead_seconds_per_run(settings: dict) -> float:
 
 
 def share_time_budget(budget_minutes: float | None, seeds: list | None, models: list | None,
-                      inference_seconds_per_run: float = 0.0, overhead_per_run: float = 50.0) -> dict | None:
+                      inference_seconds_per_run: float, overhead_per_run: float) -> dict | None:
     """How the time budget is shared (each training stops when its share is spent, `engine.trainer`): the
     whole budget less the estimated rest (fixed overheads and each run's prediction and uncertainty),
     at least MIN_TRAINING_SHARE of it, over the dataset's trainings; None without a budget."""
