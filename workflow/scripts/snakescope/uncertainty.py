@@ -50,7 +50,8 @@ def estimate_uncertainty(model_pt: str, arrays_store: str, samples_tsv: str, spl
     task = get_task(payload["plan"]["task"])
     split = read_json(split_json)
     table = read_samples(samples_tsv)
-    items = task.load_items(arrays_store, table, split["test"], payload["plan"])
+    # read from the store as they are sampled, so that memory does not grow with the test set
+    items = task.stored_items(arrays_store, table, split["test"], payload["plan"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     calibration = calibrate(task, model, payload, arrays_store, table, split, items, torch_device, out)
@@ -58,10 +59,9 @@ def estimate_uncertainty(model_pt: str, arrays_store: str, samples_tsv: str, spl
     frame, tracking = task.uncertainty(model, payload, items, InferenceData(arrays_store, table, split), samples,
                                        torch_device, out, threshold)
     seconds = time.perf_counter() - started
-    ranking = rank_images(frame, pd.DataFrame({"id": [item["id"] for item in items]}))
+    ranking = rank_images(frame, pd.DataFrame({"id": items.ids}))
     write_table(ranking, out / "annotate_next.tsv")
-    images = {item["id"]: item["image"] for item in items}
-    ranking_figure(ranking, images.__getitem__, out, out / "annotate_next.png")
+    ranking_figure(ranking, lambda sample_id: items.with_ids([sample_id])[0]["image"], out, out / "annotate_next.png")
     summary = {"mc_samples": samples, "n_images": len(items), "seconds": seconds,
                "mean_uncertainty": float(frame["uncertainty"].mean()), **tracking, **calibration}
     write_table(frame, out / "uncertainty.csv")
@@ -70,14 +70,14 @@ def estimate_uncertainty(model_pt: str, arrays_store: str, samples_tsv: str, spl
     return summary
 
 
-def calibrate(task, model, payload: dict, arrays_store: str, table, split: dict, test_items: list[dict], device,
+def calibrate(task, model, payload: dict, arrays_store: str, table, split: dict, test_items, device,
               out: Path) -> dict:
     """ECE of the network's probabilities on the test set, before and after temperature scaling (with the
     temperature the outputs use, else one fitted on the validation set), and reliability.png; {} for
     tasks without class probabilities or without a validation set."""
     if not task.calibrated or not split["val"]:
         return {}
-    val_items = task.load_items(arrays_store, table, split["val"], payload["plan"])
+    val_items = task.stored_items(arrays_store, table, split["val"], payload["plan"])
     applied = payload.get("temperature", 1.0)  # the temperature training fitted and the outputs use
     network = model.network if isinstance(model, TemperatureScaled) else model  # before scaling
     network.eval()

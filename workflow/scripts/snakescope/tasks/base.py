@@ -173,6 +173,13 @@ class Task:
 
         return load_items(arrays_store, ids, plan, self.label_reader(samples, plan))
 
+    def stored_items(self, arrays_store: str, samples: pd.DataFrame, ids: list[str], plan: dict):
+        """The items `load_items` gives, read from the store one at a time as they are used (StoredItems),
+        for a pass over a split that need not hold it."""
+        from snakescope.engine.items import StoredItems
+
+        return StoredItems(arrays_store, ids, plan, self.label_reader(samples, plan))
+
     def prepare_plan(self, plan: dict, fingerprint: dict, arrays_store: str, split: dict, cfg) -> dict:
         """The augment plan with what training learns from the training split (saved with the model)."""
         return plan
