@@ -16,6 +16,13 @@ that side (RGB, a tiled TIFF mosaicked from the demo images, written one tile at
 cap: `apply` reads it lazily and predicts it block by block (snakescope.engine.tiled).
 
     .venv/bin/python bench/scale.py --sizes 100 --side 512 --slide-side 20000 --memory-cap-gb 3 --out /tmp/scale
+
+With --shard-size, convert runs as the workflow runs a dataset larger than convert_shard_size: one
+process per shard (snakescope.convert.convert_shard, one after the other here; separate jobs in the
+workflow), then the gather step (gather_shards); the row adds the largest shard's peak RSS and time, the
+shards' total time and the gather step's.
+
+    .venv/bin/python bench/scale.py --sizes 1600 --side 512 --shard-size 400 --memory-cap-gb 3 --out /tmp/scale
 """
 
 from __future__ import annotations
@@ -50,11 +57,14 @@ def memory_cgroup(cap_gb: float) -> Path:
     return group
 
 
-def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None) -> tuple[float, float]:
-    """Run `stage` in a child process (inside `cgroup` when given): (peak RSS in GiB, seconds)."""
+def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None,
+              shard: tuple[int, int] = (0, 0)) -> tuple[float, float]:
+    """Run `stage` in a child process (inside `cgroup` when given): (peak RSS in GiB, seconds).
+    `shard`: (index, size) for the convert_shard and gather stages."""
     started = time.perf_counter()
     enter = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
-    child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--out", str(work), "--data-path", data_path],
+    child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--out", str(work), "--data-path", data_path,
+                              "--shard", str(shard[0]), "--shard-size", str(shard[1])],
                              preexec_fn=enter)
     _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -62,7 +72,7 @@ def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None
     return usage.ru_maxrss / 2**20, time.perf_counter() - started  # ru_maxrss is in KiB on Linux
 
 
-def stage(name: str, work: Path, data_path: str) -> None:
+def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int = 0) -> None:
     """One stage, run in a child process (see `run_stage`)."""
     sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
     from snakescope.augment import make_plan
@@ -73,12 +83,21 @@ def stage(name: str, work: Path, data_path: str) -> None:
               "augmentations": ["flip"], "device": "cpu", "patch_size": [256, 256], "data_path": data_path}
     (settings,) = resolve_datasets(config).values()
     out = work / "prepared"
-    if name == "convert":
-        from snakescope.convert import convert_dataset
+    if name == "convert_shard":
+        from snakescope.convert import convert_shard, shard_count
+
+        shards = shard_count(len(list((work / "data" / "image").iterdir())), shard_size)
+        convert_shard(stage_settings(settings, "convert"), shard, shards, shard_size, out / "shards" / str(shard))
+    elif name in ("convert", "gather"):
+        from snakescope.convert import convert_dataset, gather_shards
         from snakescope.split import write_split
 
-        convert_dataset(stage_settings(settings, "convert"), out / "arrays.zarr", out / "samples.tsv",
-                        out / "fingerprint.json")
+        outputs = out / "arrays.zarr", out / "samples.tsv", out / "fingerprint.json"
+        if name == "gather":
+            gather_shards(stage_settings(settings, "convert"), sorted((out / "shards").iterdir(), key=lambda p: int(p.name)),
+                          *outputs)
+        else:
+            convert_dataset(stage_settings(settings, "convert"), *outputs)
         write_split(str(out / "samples.tsv"), stage_settings(settings, "split"), str(out / "splits.json"))
         write_json(make_plan(settings, read_json(out / "fingerprint.json")), out / "plan.json")
     elif name == "train":
@@ -103,15 +122,26 @@ def stage(name: str, work: Path, data_path: str) -> None:
         apply_model(str(work.parent), str(work / "slide"), str(work / "applied"), device="cpu", threads=2)
 
 
-def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path | None = None) -> dict:
+def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path | None = None,
+            shard_size: int = 0) -> dict:
     sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
+    from snakescope.convert import shard_count
     from snakescope.synthetic import write_demo_dataset
 
     work = root / f"n{n_images}_side{side}"
     data = write_demo_dataset(work / "data", n_images=n_images, size=side)
     row = {"images": n_images, "side": side, "data_path": data_path, "files_MB": folder_bytes(data) / 1e6,
            "raw_MB": n_images * side * side * 4 / 1e6}  # RGB uint8 image + uint8 mask
-    for name in ("convert", "train", "predict"):
+    if shard_size:  # convert as shards, then gather (convert_GiB: the most of any of them; convert_s: all)
+        shards = [run_stage("convert_shard", work, data_path, cgroup, (k, shard_size))
+                  for k in range(shard_count(n_images, shard_size))]
+        row["shards"] = len(shards)
+        row["shard_GiB"], row["shard_s"] = max(rss for rss, _ in shards), max(s for _, s in shards)
+        row["shards_s"] = sum(s for _, s in shards)
+        row["gather_GiB"], row["gather_s"] = run_stage("gather", work, data_path, cgroup, (0, shard_size))
+        row["convert_GiB"], row["convert_s"] = max(row["shard_GiB"], row["gather_GiB"]), row["shards_s"] + row["gather_s"]
+    stages = ("train", "predict") if shard_size else ("convert", "train", "predict")
+    for name in stages:
         row[f"{name}_GiB"], row[f"{name}_s"] = run_stage(name, work, data_path, cgroup)
     row["train_read"] = json.loads((work / "card.json").read_text())["training"]["data_path"]  # memory or stream
     row["store_MB"] = folder_bytes(work / "prepared" / "arrays.zarr") / 1e6
@@ -152,7 +182,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 400])
     parser.add_argument("--side", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("/tmp/snakescope_scale"))
-    parser.add_argument("--stage", choices=["convert", "train", "predict", "apply"], help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=["convert", "convert_shard", "gather", "train", "predict", "apply"],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--shard-size", type=int, default=0,
+                        help="convert in shards of this many images, then gather (the workflow's convert_shard_size)")
     parser.add_argument("--data-path", choices=["auto", "memory", "stream"], default="auto",
                         help="how training reads its images (the config's data_path)")
     parser.add_argument("--memory-cap-gb", type=float,
@@ -162,7 +196,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.stage:
-        stage(args.stage, args.out, args.data_path)
+        stage(args.stage, args.out, args.data_path, args.shard, args.shard_size)
         return
     cgroup = memory_cgroup(args.memory_cap_gb) if args.memory_cap_gb else None
     try:
@@ -172,7 +206,7 @@ def main() -> None:
                 measure(args.sizes[0], args.side, args.out, args.data_path, cgroup)
             rows = [measure_slide(args.slide_side, work, cgroup)]
         else:
-            rows = [measure(n, args.side, args.out, args.data_path, cgroup) for n in args.sizes]
+            rows = [measure(n, args.side, args.out, args.data_path, cgroup, args.shard_size) for n in args.sizes]
     finally:
         if cgroup:
             cgroup.rmdir()

@@ -1,3 +1,4 @@
+import functools
 import json
 import re
 import sys
@@ -14,6 +15,7 @@ from snakescope.applications import resolve_applications
 from snakescope.config import ConfigError, resolve_datasets, stage_settings
 from snakescope.convert import list_input_files
 from snakescope.convert.samples import image_files
+from snakescope.convert.shards import plan_shards, shard_input_files
 from snakescope.logs import warning_summary
 from snakescope.provenance import code_checksum
 from snakescope.engine.models import is_detector
@@ -132,6 +134,30 @@ def get_final_output(wildcards=None):
 
 def get_dataset_files(wildcards):
     return list_input_files(DATASETS[wildcards.dataset])
+
+
+@functools.cache
+def get_convert_shards(name):
+    """The samples of each convert shard of dataset `name`; [] when one convert job reads it."""
+    return plan_shards(DATASETS[name])
+
+
+def get_convert_input(wildcards):
+    """convert's input: the dataset's files, or the folders of its shards."""
+    shards = get_convert_shards(wildcards.dataset)
+    if not shards:
+        return {"files": get_dataset_files(wildcards)}
+    return {
+        "shards": [
+            f"results/{wildcards.dataset}/convert/shards/{k}"
+            for k in range(len(shards))
+        ]
+    }
+
+
+def get_shard_files(wildcards):
+    shards = get_convert_shards(wildcards.dataset)
+    return shard_input_files(shards[int(wildcards.shard)], get_dataset_files(wildcards))
 
 
 def get_settings(stage):

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,15 @@ def _image_group(group, name: str, ndim: int, spatial_dims: int, label: bool):
     return image
 
 
+@dataclass(frozen=True)
+class StoredImage:
+    """An image array already written by a `StoreWriter` (its folder on disk and its shape): added to
+    another store by linking its files rather than writing it again (convert's gather step)."""
+
+    path: Path
+    shape: tuple[int, ...]
+
+
 class StoreWriter:
     """Adds samples one at a time to a store being written (`write_store`)."""
 
@@ -128,12 +138,16 @@ class StoreWriter:
         self.images = root.create_group("images")
         self.targets = root.create_group("targets")
 
-    def add(self, sample_id: str, image: np.ndarray, target: np.ndarray | None = None) -> None:
-        """Store `image` (C+spatial) and, for dense tasks, its `target`: integer masks as its label image,
-        float targets under ``targets/``."""
+    def add(self, sample_id: str, image: np.ndarray | StoredImage, target: np.ndarray | None = None) -> None:
+        """Store `image` (C+spatial; a `StoredImage` is linked, not rewritten) and, for dense tasks, its
+        `target`: integer masks as its label image, float targets under ``targets/``."""
         name = str(len(self.ids))
-        spatial_dims = image.ndim - 1
-        group = _write_image(self.images, name, image, spatial_dims)
+        spatial_dims = len(image.shape) - 1
+        if isinstance(image, StoredImage):
+            group = _image_group(self.images, name, len(image.shape), spatial_dims, label=False)
+            _link_tree(image.path, Path(str(self.root.store.root)) / group.path / "0")
+        else:
+            group = _write_image(self.images, name, image, spatial_dims)
         if target is not None:
             target = np.asarray(target)
             target_dims = min(spatial_dims, target.ndim)
@@ -147,6 +161,19 @@ class StoreWriter:
                 location = f"targets/{name}/0"
         self.ids.append(sample_id)
         self.target_arrays.append(location if target is not None else None)
+
+
+def _link_tree(source: Path, destination: Path) -> None:
+    """`source`'s files at `destination` as hard links (no copy, no space), copied where the two are on
+    different file systems. Safe because nothing writes a store's chunks after `convert`."""
+
+    def link_or_copy(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, destination, copy_function=link_or_copy)
 
 
 @contextlib.contextmanager

@@ -34,18 +34,23 @@ def write_packed(
     encode_target: Callable[[np.ndarray], np.ndarray] = np.asarray,
 ) -> None:
     """Write the store and the sample table; `encode_target` turns each target into what is stored (the
-    task's `encode_target`)."""
+    task's `encode_target`). Images that `images` holds on disk already (its `stored(id)`, as the gather
+    step of a sharded convert has them) are linked into the store instead of written again."""
     import pandas as pd
 
     label_index = {c: i for i, c in enumerate(classes)}
     table = pd.DataFrame([asdict(s) for s in samples])
     table["label_index"] = [label_index.get(s.label, -1) for s in samples]
-    table["shape"] = ["x".join(map(str, images[s.id].shape)) for s in samples]
+    image_of = getattr(images, "stored", images.__getitem__)
+    shapes = []
     with write_store(arrays_out) as store:
         for index, sample in enumerate(samples):
             target = targets.get(sample.id)
-            store.add(sample.id, images[sample.id], None if target is None else encode_target(target))
+            image = image_of(sample.id)
+            shapes.append("x".join(map(str, image.shape)))
+            store.add(sample.id, image, None if target is None else encode_target(target))
             if (index + 1) % 50 == 0:
                 log.info("stored %d/%d images", index + 1, len(samples), extra=PROGRESS)
+    table["shape"] = shapes
     with atomic_path(samples_out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)

@@ -7,8 +7,7 @@ one file per run.
 from __future__ import annotations
 
 from collections import Counter
-
-import numpy as np
+from collections.abc import Mapping
 
 from snakescope.io import InputError
 
@@ -22,36 +21,37 @@ def raise_if_any(errors: list[str]) -> None:
         raise InputError(f"{len(errors)} problem(s) in the input data:\n  - {shown}{more}")
 
 
-def channel_count_errors(samples: list, images: dict[str, np.ndarray]) -> list[str]:
-    """One message per image whose channel count differs from most images'."""
-    channel_counts = Counter(img.shape[0] for img in images.values())
+def channel_count_errors(samples: list, summaries: Mapping) -> list[str]:
+    """One message per image whose channel count differs from most images' (`summaries`: per image id,
+    snakescope.convert.fingerprint.ImageSummary)."""
+    channel_counts = Counter(summary.shape[0] for summary in summaries.values())
     if len(channel_counts) <= 1:
         return []
     majority = channel_counts.most_common(1)[0][0]
     return [
-        f"{sample.image}: {images[sample.id].shape[0]} channel(s) where most images have "
+        f"{sample.image}: {summaries[sample.id].shape[0]} channel(s) where most images have "
         f"{majority}. Save all images with the same channels."
         for sample in samples
-        if sample.id in images and images[sample.id].shape[0] != majority
+        if sample.id in summaries and summaries[sample.id].shape[0] != majority
     ]
 
 
-def constant_images(samples: list, images: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+def constant_images(samples: list, summaries: Mapping) -> tuple[list[str], list[str]]:
     """(errors, warnings) about images whose every pixel has one value (blank, or a failed acquisition):
     an error when every image is constant, else one warning per constant image (kept, but it carries no
-    information)."""
-    constant = [s for s in samples if s.id in images and np.ptp(images[s.id]) == 0]
+    information). `summaries`: per image id, snakescope.convert.fingerprint.ImageSummary."""
+    constant = [s for s in samples if s.id in summaries and summaries[s.id].constant]
     if not constant:
         return [], []
-    if len(constant) == len(images):
-        value = float(images[constant[0].id].flat[0])
+    if len(constant) == len(summaries):
+        value = summaries[constant[0].id].first_value
         return [
-            f"every one of the {len(images)} images is constant (each has a single value, e.g. {value:g} in "
+            f"every one of the {len(summaries)} images is constant (each has a single value, e.g. {value:g} in "
             f"{constant[0].image}): there is nothing to learn. Check the export (all-black or all-white files?) "
             "and layout.images."
         ], []
     return [], [
-        f"{s.image}: the image is constant (every pixel {float(images[s.id].flat[0]):g}): blank or a failed "
+        f"{s.image}: the image is constant (every pixel {summaries[s.id].first_value:g}): blank or a failed "
         "acquisition? It is kept but carries no information; remove it if it should not be there."
         for s in constant
     ]

@@ -1,0 +1,195 @@
+"""shards: a large dataset converted in parts, each a Snakemake job of its own, then gathered.
+
+A dataset of more than `convert_shard_size` samples converts in shards: shard k reads and checks
+samples k·size … (k+1)·size − 1 of the discovered list (`shard_samples`) and writes what it read to its
+own folder (`write_shard`): the images and ground truth exactly as read, in a store (snakescope.store),
+its sample table, and what the whole-dataset checks need of it (the problems found in its files, the
+source dtypes, the files' checksums). Shards run in parallel (on several nodes under profiles/slurm)
+and each is cached on its own. The gather step (snakescope.convert.gather_shards) then checks the
+dataset as a whole and packs it as one unsharded convert would, reading the shards' images on demand
+(`ShardImages`) and linking their chunk files into the final store instead of compressing them again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from snakescope.convert.discover import discover_samples, list_input_files
+from snakescope.convert.samples import MULTI_FILE_SEPARATOR, Sample
+from snakescope.io import UMASK, InputError
+from snakescope.store import StoredImage, open_store, write_store
+
+SHARD_STORE, SHARD_SAMPLES, SHARD_FACTS = "arrays.zarr", "samples.tsv", "read.json"
+
+
+def shard_count(n_samples: int, shard_size: int) -> int:
+    """How many shards `n_samples` samples make, at most `shard_size` each (at least one)."""
+    return max(1, math.ceil(n_samples / shard_size))
+
+
+def shard_samples(samples: list[Sample], shard: int, shard_size: int, shards: int) -> list[Sample]:
+    """Shard `shard`'s slice of the discovered samples.
+
+    Raises:
+        InputError when the samples no longer make `shards` shards: the data folder changed after the
+        workflow planned its jobs.
+    """
+    if shard_count(len(samples), shard_size) != shards:
+        raise InputError(
+            f"the data folder now holds {len(samples)} samples, which make "
+            f"{shard_count(len(samples), shard_size)} convert shard(s) of {shard_size}, not the {shards} this "
+            "run planned: files were added or removed while it ran. Run snakemake again."
+        )
+    return samples[shard * shard_size : (shard + 1) * shard_size]
+
+
+def plan_shards(settings: dict) -> list[list[Sample]]:
+    """The samples of each shard of a dataset, for the workflow to make one job per shard when it builds
+    its DAG; [] when one convert job reads the dataset (no more samples than `convert_shard_size`, or a
+    mistake in the data folder, which that job then reports)."""
+    size = settings["convert_shard_size"]
+    if len(list_input_files(settings)) <= size:  # no more samples than files: no need to pair them
+        return []
+    try:
+        samples = discover_samples(settings)
+    except InputError:
+        return []
+    shards = shard_count(len(samples), size)
+    return [shard_samples(samples, k, size, shards) for k in range(shards)] if shards > 1 else []
+
+
+def shard_input_files(samples: list[Sample], dataset_files: list[str]) -> list[str]:
+    """A shard job's input: its samples' files (every file of an OME-Zarr folder, so that a label painted
+    in napari is noticed) and the dataset's tables (label CSVs, dataset.json), which every shard reads."""
+    paths = [Path(f) for s in samples for f in (*s.image.split(MULTI_FILE_SEPARATOR), s.target) if f]
+    files = [str(f) for p in paths for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file()]
+    tables = [f for f in dataset_files if Path(f).suffix.lower() in (".csv", ".json")]
+    return sorted(set(files + tables))
+
+
+def write_shard(
+    out_dir: str | Path,
+    samples: list[Sample],
+    images: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    source_dtypes: Counter,
+    errors: list[str],
+    checksums: dict[str, str],
+) -> None:
+    """One shard's folder, written beside its final name and renamed when complete: the store of the
+    samples that could be read, the table of every sample, and the facts the gather step needs."""
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        with write_store(tmp / SHARD_STORE) as store:
+            for sample in samples:
+                if sample.id in images:
+                    store.add(sample.id, images[sample.id], targets.get(sample.id))
+        pd.DataFrame([asdict(s) for s in samples], columns=list(Sample.__dataclass_fields__)).to_csv(
+            tmp / SHARD_SAMPLES, sep="\t", index=False
+        )
+        facts = {"errors": errors, "source_dtypes": dict(source_dtypes), "checksums": checksums}
+        (tmp / SHARD_FACTS).write_text(json.dumps(facts, indent=1))
+        os.chmod(tmp, 0o777 & ~UMASK)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ShardImages(Mapping):
+    """The shards' images by sample id, read from their stores when asked for (nothing held);
+    `stored(id)` names the array on disk, for linking into the final store."""
+
+    def __init__(self, stores: list):
+        self.where = _store_by_id(stores, "image/")
+
+    def __getitem__(self, sample_id: str) -> np.ndarray:
+        return self.where[sample_id][f"image/{sample_id}"]
+
+    def __contains__(self, sample_id) -> bool:
+        return sample_id in self.where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def stored(self, sample_id: str) -> StoredImage:
+        store = self.where[sample_id]
+        key = f"image/{sample_id}"
+        return StoredImage(store.path / store.locations[key], store.shape(key))
+
+
+class ShardTargets(MutableMapping):
+    """The shards' targets by sample id, read from their stores when asked for; a target set here (a task's
+    `prepare_targets` deriving instances from binary masks) goes to `rewritten` instead, which wins."""
+
+    def __init__(self, stores: list, rewritten: MutableMapping):
+        self.where = _store_by_id(stores, "target/")
+        self.rewritten = rewritten
+
+    def __getitem__(self, sample_id: str) -> np.ndarray:
+        if sample_id in self.rewritten:
+            return self.rewritten[sample_id]
+        return self.where[sample_id][f"target/{sample_id}"]
+
+    def __setitem__(self, sample_id: str, target: np.ndarray) -> None:
+        if sample_id not in self.where:
+            raise KeyError(f"{sample_id} has no target in the shards")
+        self.rewritten[sample_id] = target
+
+    def __delitem__(self, sample_id: str) -> None:
+        del self.where[sample_id]
+        self.rewritten.pop(sample_id, None)
+
+    def __contains__(self, sample_id) -> bool:
+        return sample_id in self.where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+
+def _store_by_id(stores: list, prefix: str) -> dict:
+    """{sample id: the store holding its array `prefix<id>`}."""
+    return {key.removeprefix(prefix): store for store in stores for key in store.keys() if key.startswith(prefix)}
+
+
+def read_shards(
+    shard_dirs: list[str | Path], rewritten: MutableMapping
+) -> tuple[list[Sample], ShardImages, ShardTargets, Counter, list[str], dict[str, str]]:
+    """The shards' samples in order, their images and targets (read on demand; targets the task rewrites
+    go to `rewritten`), source dtypes, problems and checksums, as one convert would have them."""
+    import pandas as pd
+
+    samples: list[Sample] = []
+    stores, source_dtypes, errors, checksums = [], Counter(), [], {}
+    for shard_dir in map(Path, shard_dirs):
+        table = pd.read_csv(shard_dir / SHARD_SAMPLES, sep="\t", dtype=str, keep_default_na=False)
+        samples += [Sample(**row) for row in table.to_dict("records")]
+        facts = json.loads((shard_dir / SHARD_FACTS).read_text())
+        errors += facts["errors"]
+        source_dtypes.update(facts["source_dtypes"])
+        checksums.update(facts["checksums"])
+        stores.append(open_store(shard_dir / SHARD_STORE))
+    # as one convert lists them: the images' checksums, then the targets'
+    checksums = dict(sorted(checksums.items(), key=lambda item: item[0].endswith(":target")))
+    return samples, ShardImages(stores), ShardTargets(stores, rewritten), source_dtypes, errors, checksums
