@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_convert import instantdl_classification, instantdl_segmentation, save, settings_for
+from test_convert import SIZE, instantdl_classification, instantdl_segmentation, rgb, save, settings_for
 
 from snakescope.config import stage_settings
 from snakescope.convert import (
@@ -41,12 +41,26 @@ def converted(out: Path) -> tuple[str, str, dict]:
     return (out / "samples.tsv").read_text(), (out / "fingerprint.json").read_text(), arrays
 
 
-@pytest.mark.parametrize("task", ["segmentation", "classification", "segmentation_tiles"])
+def binary_masks(root: Path, names: list[str]) -> Path:
+    """Images with binary masks of two touching objects: instances derived by convert (the targets it
+    rewrites)."""
+    for i, name in enumerate(names):
+        save(root / "image" / f"{name}.png", rgb(i))
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        mask[3:11, 3 + i % 3 : 12 + i % 3] = 255
+        mask[11:20, 6:16] = 255
+        save(root / "groundtruth" / f"{name}.png", mask)
+    return root
+
+
+@pytest.mark.parametrize("task", ["segmentation", "classification", "segmentation_tiles", "instances_from_binary"])
 def test_shards_gather_into_what_one_job_writes(tmp_path, task):
     names = [f"img{i}" for i in range(7)]
     if task == "classification":
         data = instantdl_classification(tmp_path / "data", {n: "ab"[i % 2] for i, n in enumerate(names)})
         settings = settings_for(data)
+    elif task == "instances_from_binary":
+        settings = settings_for(binary_masks(tmp_path / "data", names), task="instance_segmentation")
     else:
         data = instantdl_segmentation(tmp_path / "data", names)
         layout = {"tile_size": [12, 12], "test_right_fraction": 0.5} if task == "segmentation_tiles" else {}

@@ -111,15 +111,17 @@ def write_shard(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class ShardImages(Mapping):
-    """The shards' images by sample id, read from their stores when asked for (nothing held);
-    `stored(id)` names the array on disk, for linking into the final store."""
+class _ShardArrays(Mapping):
+    """The shards' arrays of one kind ("image/" or "target/") by sample id, read from their stores when
+    asked for (nothing held)."""
 
-    def __init__(self, stores: list):
-        self.where = _store_by_id(stores, "image/")
+    def __init__(self, stores: list, prefix: str):
+        self.prefix = prefix
+        self.where = {key.removeprefix(prefix): store for store in stores for key in store.keys()
+                      if key.startswith(prefix)}
 
     def __getitem__(self, sample_id: str) -> np.ndarray:
-        return self.where[sample_id][f"image/{sample_id}"]
+        return self.where[sample_id][self.prefix + sample_id]
 
     def __contains__(self, sample_id) -> bool:
         return sample_id in self.where
@@ -130,24 +132,28 @@ class ShardImages(Mapping):
     def __len__(self) -> int:
         return len(self.where)
 
+
+class ShardImages(_ShardArrays):
+    """The shards' images; `stored(id)` names the array on disk, for linking into the final store."""
+
+    def __init__(self, stores: list):
+        super().__init__(stores, "image/")
+
     def stored(self, sample_id: str) -> StoredImage:
-        store = self.where[sample_id]
-        key = f"image/{sample_id}"
+        store, key = self.where[sample_id], self.prefix + sample_id
         return StoredImage(store.path / store.locations[key], store.shape(key))
 
 
-class ShardTargets(MutableMapping):
-    """The shards' targets by sample id, read from their stores when asked for; a target set here (a task's
-    `prepare_targets` deriving instances from binary masks) goes to `rewritten` instead, which wins."""
+class ShardTargets(_ShardArrays, MutableMapping):
+    """The shards' targets; a target set here (a task's `prepare_targets` deriving instances from binary
+    masks) goes to `rewritten` instead, which wins."""
 
     def __init__(self, stores: list, rewritten: MutableMapping):
-        self.where = _store_by_id(stores, "target/")
+        super().__init__(stores, "target/")
         self.rewritten = rewritten
 
     def __getitem__(self, sample_id: str) -> np.ndarray:
-        if sample_id in self.rewritten:
-            return self.rewritten[sample_id]
-        return self.where[sample_id][f"target/{sample_id}"]
+        return self.rewritten[sample_id] if sample_id in self.rewritten else super().__getitem__(sample_id)
 
     def __setitem__(self, sample_id: str, target: np.ndarray) -> None:
         if sample_id not in self.where:
@@ -157,20 +163,6 @@ class ShardTargets(MutableMapping):
     def __delitem__(self, sample_id: str) -> None:
         del self.where[sample_id]
         self.rewritten.pop(sample_id, None)
-
-    def __contains__(self, sample_id) -> bool:
-        return sample_id in self.where
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.where)
-
-    def __len__(self) -> int:
-        return len(self.where)
-
-
-def _store_by_id(stores: list, prefix: str) -> dict:
-    """{sample id: the store holding its array `prefix<id>`}."""
-    return {key.removeprefix(prefix): store for store in stores for key in store.keys() if key.startswith(prefix)}
 
 
 def read_shards(
