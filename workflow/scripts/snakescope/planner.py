@@ -40,7 +40,8 @@ GPU_MEMORY_SHARE = 0.8  # of the GPU's memory the planner fills; the rest is for
 # Snakemake's start), and each run's fixed costs: the start-up (PyTorch and MONAI imports), outputs and
 # timing of its jobs (`overhead_seconds_per_run`). Prediction and uncertainty themselves are estimated
 # from the measured forward pass (`inference_seconds`), times SLIDING_WINDOW_COST for the window blending
-# and sampling bookkeeping (measured 1.1x for SegResNet, 2.1x for the small U-Net on 512^2 images).
+# and sampling bookkeeping (bench/budget_estimates.py: about 1.1x for a prediction, 2.1-2.9x for an MC
+# pass, on 512^2 images; docs/autoconfig.md).
 OVERHEAD_SECONDS_PER_DATASET = 25.0
 OVERHEAD_SECONDS_PER_RUN = {"train, predict, evaluate": 25.0, "uncertainty": 12.0, "export": 13.0}
 SLIDING_WINDOW_COST = 1.5
