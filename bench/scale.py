@@ -23,6 +23,12 @@ workflow), then the gather step (gather_shards); the row adds the largest shard'
 shards' total time and the gather step's.
 
     .venv/bin/python bench/scale.py --sizes 1600 --side 512 --shard-size 400 --memory-cap-gb 3 --out /tmp/scale
+
+With --mosaic-of, the images are mosaics of a pool of 64 demo images of that side (and their masks), which
+writes a set of many gigabytes in minutes rather than drawing every cell: for a dataset several times the
+memory cap.
+
+    .venv/bin/python bench/scale.py --sizes 3200 --side 1024 --mosaic-of 512 --shard-size 200 --memory-cap-gb 3 --out /tmp/scale
 """
 
 from __future__ import annotations
@@ -122,14 +128,41 @@ def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int
         apply_model(str(work.parent), str(work / "slide"), str(work / "applied"), device="cpu", threads=2)
 
 
+def write_mosaic_dataset(out: Path, n_images: int, side: int, pool: Path) -> Path:
+    """`n_images` RGB images of side² with their masks (TIFF, the demo layout), each a mosaic of the demo
+    images in `pool` and their masks; left alone if complete."""
+    import numpy as np
+    import tifffile
+
+    if (out / "image").is_dir() and len(list((out / "image").iterdir())) == n_images:
+        return out
+    names = sorted(p.name for p in (pool / "image").glob("*.tif"))
+    tiles = [(tifffile.imread(pool / "image" / n), tifffile.imread(pool / "groundtruth" / n)) for n in names]
+    tile = tiles[0][0].shape[0]
+    per_side = side // tile
+    for folder in ("image", "groundtruth"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        picked = [tiles[(i * 7 + k * 3) % len(tiles)] for k in range(per_side**2)]
+        image = np.block([[[picked[r * per_side + c][0]] for c in range(per_side)] for r in range(per_side)])
+        mask = np.block([[picked[r * per_side + c][1] for c in range(per_side)] for r in range(per_side)])
+        tifffile.imwrite(out / "image" / f"mosaic_{i:05d}.tif", image.reshape(side, side, 3))
+        tifffile.imwrite(out / "groundtruth" / f"mosaic_{i:05d}.tif", mask)
+    return out
+
+
 def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path | None = None,
-            shard_size: int = 0) -> dict:
+            shard_size: int = 0, mosaic_of: int = 0) -> dict:
     sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
     from snakescope.convert import shard_count
     from snakescope.synthetic import write_demo_dataset
 
     work = root / f"n{n_images}_side{side}"
-    data = write_demo_dataset(work / "data", n_images=n_images, size=side)
+    if mosaic_of:
+        pool = write_demo_dataset(root / f"pool_side{mosaic_of}", n_images=64, size=mosaic_of)
+        data = write_mosaic_dataset(work / "data", n_images, side, pool)
+    else:
+        data = write_demo_dataset(work / "data", n_images=n_images, size=side)
     row = {"images": n_images, "side": side, "data_path": data_path, "files_MB": folder_bytes(data) / 1e6,
            "raw_MB": n_images * side * side * 4 / 1e6}  # RGB uint8 image + uint8 mask
     if shard_size:  # convert as shards, then gather (convert_GiB: the most of any of them; convert_s: all)
@@ -193,6 +226,8 @@ def main() -> None:
                         help="run every stage in a memory cgroup of this size (root only)")
     parser.add_argument("--slide-side", type=int,
                         help="then apply the model of the first size to one RGB image of this side")
+    parser.add_argument("--mosaic-of", type=int, default=0,
+                        help="build the images as mosaics of 64 demo images of this side (fast, for large sets)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.stage:
@@ -206,7 +241,8 @@ def main() -> None:
                 measure(args.sizes[0], args.side, args.out, args.data_path, cgroup)
             rows = [measure_slide(args.slide_side, work, cgroup)]
         else:
-            rows = [measure(n, args.side, args.out, args.data_path, cgroup, args.shard_size) for n in args.sizes]
+            rows = [measure(n, args.side, args.out, args.data_path, cgroup, args.shard_size, args.mosaic_of)
+                    for n in args.sizes]
     finally:
         if cgroup:
             cgroup.rmdir()
