@@ -149,9 +149,9 @@ def test_the_workflow_plans_one_job_per_shard_with_only_its_own_files(tmp_path):
     data = instantdl_classification(tmp_path / "data", {n: "ab"[i % 2] for i, n in enumerate(names)})
     settings = settings_for(data, convert_shard_size=SHARD_SIZE)
 
-    shards = plan_shards(settings)
+    shards = plan_shards(settings, list_input_files(settings))
 
     assert [[s.id for s in shard] for shard in shards] == [names[0:3], names[3:6], names[6:]]
     files = shard_input_files(shards[1], list_input_files(settings))
     assert files == [str(data / "groundtruth" / "groundtruth.csv")] + [str(data / "image" / f"{n}.png") for n in names[3:6]]
-    assert plan_shards({**settings, "convert_shard_size": 7}) == []  # 7 images: one convert job
+    assert plan_shards({**settings, "convert_shard_size": 7}, list_input_files(settings)) == []  # one job

@@ -132,14 +132,21 @@ def get_final_output(wildcards=None):
     return sorted(set(outputs), key=outputs.index)
 
 
+@functools.cache
+def dataset_files(name):
+    """The input files of dataset `name`, listed once per run: the shard plan and every shard job's input
+    need them too, and data_dir may hold 100,000 files."""
+    return tuple(list_input_files(DATASETS[name]))
+
+
 def get_dataset_files(wildcards):
-    return list_input_files(DATASETS[wildcards.dataset])
+    return list(dataset_files(wildcards.dataset))
 
 
 @functools.cache
 def get_convert_shards(name):
     """The samples of each convert shard of dataset `name`; [] when one convert job reads it."""
-    return plan_shards(DATASETS[name])
+    return plan_shards(DATASETS[name], dataset_files(name))
 
 
 def get_convert_input(wildcards):

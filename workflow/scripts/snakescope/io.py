@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -376,6 +377,23 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, final_path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(final_path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside `final_path`; rename it onto `final_path` (replacing any folder there)
+    only if the block succeeds, else remove it."""
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=".tmp", dir=final_path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; results/ may be shared by a group
+        if final_path.exists():
+            shutil.rmtree(final_path)
+        os.replace(tmp, final_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_umask() -> int:

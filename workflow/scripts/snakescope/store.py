@@ -25,14 +25,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from snakescope.io import UMASK, InputError
+from snakescope.io import InputError, atomic_directory
 
 CHUNK_SIDE = {2: 256, 3: 64}  # per spatial axis: 256 KiB of uint8 pixels per channel either way
 _IMAGE_TYPES = (np.uint8, np.uint16, np.int16)  # tried in order before float32
@@ -192,17 +191,8 @@ def zarr_group_atomically(path: str | Path):
     completes; removed if it raises."""
     import zarr
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         yield zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it private; results/ may be shared by a group
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Store:

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from snakescope.convert.discover import discover_samples, list_input_files
+from snakescope.convert.discover import discover_samples
 from snakescope.convert.samples import MULTI_FILE_SEPARATOR, Sample
-from snakescope.io import UMASK, InputError
+from snakescope.io import InputError, atomic_directory
 from snakescope.store import StoredImage, open_store, write_store
 
 SHARD_STORE, SHARD_SAMPLES, SHARD_FACTS = "arrays.zarr", "samples.tsv", "read.json"
@@ -53,12 +50,12 @@ def shard_samples(samples: list[Sample], shard: int, shard_size: int, shards: in
     return samples[shard * shard_size : (shard + 1) * shard_size]
 
 
-def plan_shards(settings: dict) -> list[list[Sample]]:
+def plan_shards(settings: dict, input_files: Sequence[str]) -> list[list[Sample]]:
     """The samples of each shard of a dataset, for the workflow to make one job per shard when it builds
     its DAG; [] when one convert job reads the dataset (no more samples than `convert_shard_size`, or a
-    mistake in the data folder, which that job then reports)."""
+    mistake in the data folder, which that job then reports). `input_files`: `list_input_files`'."""
     size = settings["convert_shard_size"]
-    if len(list_input_files(settings)) <= size:  # no more samples than files: no need to pair them
+    if len(input_files) <= size:  # no more samples than files: no need to pair them
         return []
     try:
         samples = discover_samples(settings)
@@ -68,7 +65,7 @@ def plan_shards(settings: dict) -> list[list[Sample]]:
     return [shard_samples(samples, k, size, shards) for k in range(shards)] if shards > 1 else []
 
 
-def shard_input_files(samples: list[Sample], dataset_files: list[str]) -> list[str]:
+def shard_input_files(samples: list[Sample], dataset_files: Sequence[str]) -> list[str]:
     """A shard job's input: its samples' files (every file of an OME-Zarr folder, so that a label painted
     in napari is noticed) and the dataset's tables (label CSVs, dataset.json), which every shard reads."""
     paths = [Path(f) for s in samples for f in (*s.image.split(MULTI_FILE_SEPARATOR), s.target) if f]
@@ -90,10 +87,7 @@ def write_shard(
     samples that could be read, the table of every sample, and the facts the gather step needs."""
     import pandas as pd
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         with write_store(tmp / SHARD_STORE) as store:
             for sample in samples:
                 if sample.id in images:
@@ -103,12 +97,6 @@ def write_shard(
         )
         facts = {"errors": errors, "source_dtypes": dict(source_dtypes), "checksums": checksums}
         (tmp / SHARD_FACTS).write_text(json.dumps(facts, indent=1))
-        os.chmod(tmp, 0o777 & ~UMASK)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _ShardArrays(Mapping):
