@@ -16,7 +16,7 @@ from snakescope.tasks import task_names
 PACKAGE = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "snakescope"
 MAX_LINES = 500
 # Layer of each top-level name of the package; a module may import its own layer or lower ones.
-CORE = {"__init__", "io", "images", "plots", "logs", "provenance", "uncertainty_measures", "synthetic", "store",
+CORE = {"__init__", "io", "images", "lazy_images", "plots", "logs", "provenance", "uncertainty_measures", "synthetic", "store",
         "resources"}
 LAYERS = {"core": 0, "engine": 1, "tasks": 2, "stages": 3}
 

@@ -12,7 +12,7 @@ from snakescope.convert import (
     discover_samples,
     parse_key_values,
     read_sample_image,
-    tile_samples,
+    tile_regions,
 )
 from snakescope.io import InputError, read_json
 from snakescope.plots import orthogonal_views
@@ -288,23 +288,19 @@ def test_key_value_fields_report_a_missing_target(tmp_path) -> None:
         discover_samples(_settings(tmp_path, layout))
 
 
-def test_tile_samples_ids_regions_test_columns_and_remainders() -> None:
+def test_tile_regions_ids_regions_test_columns_and_remainders() -> None:
     from snakescope.convert import Sample
 
-    samples = [Sample("img", "img.tif", target="t.tif")]
-    images = {"img": np.arange(2 * 10 * 13, dtype=np.float32).reshape(2, 10, 13)}
-    targets = {"img": np.arange(10 * 13).reshape(10, 13)}
-    tiles, tile_images, tile_targets = tile_samples(
-        samples, images, targets, [5, 4], test_right_fraction=0.34
-    )
+    sample = Sample("img", "img.tif", target="t.tif")
+    regions = tile_regions(sample, (10, 13), [5, 4], test_right_fraction=0.34)
+    tiles = [tile for tile, _ in regions]
     assert [t.id for t in tiles][:4] == ["img_y0_x0", "img_y0_x4", "img_y0_x8", "img_y5_x0"]
     assert len(tiles) == 6  # 2 x 3 tiles; the last column of 1 pixel is dropped
     assert [t.subset for t in tiles] == ["", "", "test"] * 2
-    assert tiles[4].region == "y5:10,x4:8" and tiles[4].group == "img"
-    np.testing.assert_array_equal(tile_images["img_y5_x4"], images["img"][:, 5:10, 4:8])
-    np.testing.assert_array_equal(tile_targets["img_y5_x4"], targets["img"][5:10, 4:8])
+    assert tiles[4].region == "y5:10,x4:8" and tiles[4].group == "img" and tiles[4].target == "t.tif"
+    assert regions[4][1] == (slice(5, 10), slice(4, 8))
     with pytest.raises(InputError, match="does not fit"):
-        tile_samples(samples, images, targets, [20, 4], None)
+        tile_regions(sample, (10, 13), [20, 4], None)
 
 
 def test_volume_segmentation_with_foreground_masks_and_3d_tiles(tmp_path) -> None:

@@ -11,10 +11,11 @@ import zarr
 
 from snakescope.engine import tiled
 from snakescope.engine.inference import predict_logits
-from snakescope.engine.tiled import LazyImage, blocks, fits_whole, predict_blocks
+from snakescope.engine.tiled import fits_whole, predict_blocks
 from snakescope.engine.transforms import normalisation_statistics, normalise
 from snakescope.images import to_channels_first
 from snakescope.io import InputError, read_image
+from snakescope.lazy_images import LazyImage, blocks
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from snakescope.convert import read_sample_image
 from snakescope.convert.samples import image_files
 from snakescope.convert.validate import raise_if_any
 from snakescope.engine.runtime import select_device
-from snakescope.engine.tiled import LAZY_SUFFIXES, LazyImage, fits_whole
+from snakescope.engine.tiled import fits_whole
 from snakescope.engine.transforms import normalise
 from snakescope.images import resize_image, to_channels_first
 from snakescope.io import (
@@ -46,6 +46,7 @@ from snakescope.io import (
     write_json,
     write_table,
 )
+from snakescope.lazy_images import LazyImage, reads_lazily
 from snakescope.logs import PROGRESS
 from snakescope.tasks import get_task, load_trained
 from snakescope.tasks.base import InferenceData
@@ -164,7 +165,7 @@ def large_image(path: Path, payload: dict, predictor, mc_samples: int, memory_bu
         InputError naming the file and the fix when it does not fit the model or cannot be predicted in
         blocks (a task that needs the whole image, a model trained on resized images).
     """
-    if path.suffix.lower() not in LAZY_SUFFIXES and not is_zarr_group(path):
+    if not reads_lazily(path):
         return None
     spec, plan = payload["spec"], payload["plan"]
     try:

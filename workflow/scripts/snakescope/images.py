@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from snakescope.io import InputError, is_zarr_group, ome_zarr_axes, read_image
+from snakescope.lazy_images import LazyImage
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,30 @@ def read_mask(path: str, spatial_shape: tuple[int, ...]) -> np.ndarray:
 
     A colour mask whose channels agree (as some tools save them) is reduced to one channel.
     """
-    array = read_image(path)
+    return mask_labels(read_image(path), path, spatial_shape)
+
+
+def read_mask_region(mask: LazyImage, region: tuple[slice, ...]) -> np.ndarray:
+    """`read_mask` for one spatial `region` of a mask opened lazily (checked as `read_mask` checks a whole
+    mask; `check_mask_shape` checks the whole mask's shape once)."""
+    pixels = mask.read_stored(region)
+    pixels = np.moveaxis(pixels, 0, -1) if pixels.shape[0] > 1 else pixels[0]
+    return mask_labels(pixels, str(mask.path), tuple(r.stop - r.start for r in region))
+
+
+def check_mask_shape(path: str, shape: tuple[int, ...], spatial_shape: tuple[int, ...], what: str = "mask") -> None:
+    """Raises InputError when the spatial `shape` of a mask (or other ground truth: `what`) is not its
+    image's."""
+    if tuple(shape) != tuple(spatial_shape):
+        raise InputError(
+            f"{path}: {what} shape {tuple(shape)} differs from its image's {tuple(spatial_shape)}. "
+            f"The {what} must have the same height and width (and depth) as the image: check that it belongs "
+            "to this image and was not resized or cropped."
+        )
+
+
+def mask_labels(array: np.ndarray, path: str, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """A mask's pixels as read (spatial, or spatial + colour) as int64 labels, checked (see `read_mask`)."""
     if array.ndim == len(spatial_shape) + 1 and array.shape[-1] in (2, 3, 4):
         colours = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
         if not (colours == colours[..., :1]).all():
@@ -121,12 +145,7 @@ def read_mask(path: str, spatial_shape: tuple[int, ...]) -> np.ndarray:
                 "16-bit grey PNG/TIFF), not a colour-coded picture."
             )
         array = array[..., 0]
-    if array.shape != tuple(spatial_shape):
-        raise InputError(
-            f"{path}: mask shape {array.shape} differs from its image's {tuple(spatial_shape)}. "
-            "The mask must have the same height and width (and depth) as the image: check that it belongs "
-            "to this image and was not resized or cropped."
-        )
+    check_mask_shape(path, array.shape, spatial_shape)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
             raise InputError(f"{path}: the mask has NaN or infinite values. Masks must hold integer labels.")

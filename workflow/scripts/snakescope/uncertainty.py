@@ -136,8 +136,8 @@ def ranking_figure(ranking: pd.DataFrame, image_of: Callable[[str], np.ndarray],
 
 def _map_thumbnail(path: Path) -> np.ndarray:
     """An OME-Zarr uncertainty map too large for memory, subsampled (`LazyImage.thumbnail`)."""
-    from snakescope.engine.tiled import LazyImage
     from snakescope.io import ome_zarr_axes
+    from snakescope.lazy_images import LazyImage
 
     with LazyImage(path, spatial_dims=len(ome_zarr_axes(path).replace("C", ""))) as image:
         return image.thumbnail()[0]

@@ -24,7 +24,7 @@ from snakescope.convert.discover import discover_samples, list_input_files
 from snakescope.convert.fields import parse_key_values
 from snakescope.convert.fingerprint import dataset_fingerprint, sample_checksums, summarise_images
 from snakescope.convert.pack import write_packed
-from snakescope.convert.read import read_dataset, read_sample_image, tile_samples
+from snakescope.convert.read import read_dataset, read_sample_image, read_tiles, tile_regions
 from snakescope.convert.samples import Sample
 from snakescope.convert.shards import read_shards, shard_count, shard_samples, write_shard
 from snakescope.convert.validate import channel_count_errors, constant_images, raise_if_any
@@ -36,7 +36,7 @@ from snakescope.tasks import get_task
 log = logging.getLogger(__name__)
 
 __all__ = ["Sample", "convert_dataset", "convert_shard", "discover_samples", "gather_shards", "list_input_files",
-           "parse_key_values", "read_sample_image", "shard_count", "tile_samples"]
+           "parse_key_values", "read_sample_image", "shard_count", "tile_regions"]
 
 
 def convert_dataset(
@@ -88,8 +88,7 @@ def gather_shards(
 def _held_arrays(out: str | Path):
     """New mappings for the pixels read, held until the checks pass: in memory up to a share of it, beyond
     that on disk in a scratch folder beside `out` (snakescope.store.SpilledArrays), removed at the end, so
-    a dataset larger than memory converts. Images and targets take half the budget each; tiles get new
-    halves while the untiled images, dropped once cut, are freed."""
+    a dataset larger than memory converts. Images and targets take half the budget each."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     budget = int(MEMORY_SHARE * usable_memory_bytes())
     with tempfile.TemporaryDirectory(prefix=".convert-scratch-", dir=Path(out).parent) as scratch:
@@ -99,13 +98,9 @@ def _held_arrays(out: str | Path):
 def _read_samples(samples, task, settings, spilled):
     """Every sample's pixels and ground truth, cut into tiles when the layout says so:
     (samples, images, targets, source dtypes, problems)."""
+    if (settings.get("layout") or {}).get("tile_size"):
+        return read_tiles(samples, task, settings, next(spilled), next(spilled))
     images, targets, raw_dtypes, errors = read_dataset(samples, task, settings, next(spilled), next(spilled))
-    layout = settings.get("layout") or {}
-    if layout.get("tile_size") and not errors:
-        samples, images, targets = tile_samples(
-            samples, images, targets, layout["tile_size"], layout.get("test_right_fraction"),
-            new_mapping=lambda: next(spilled),
-        )
     return samples, images, targets, raw_dtypes, errors
 
 

@@ -3,7 +3,7 @@
 Ground truth paired by folder or stem, one field of view spread over several files named by key-value
 lists, and a fixed test set; configured by the `layout:` keys targets, pair_by, test_images,
 channel_key, slice_key, field_keys, input_channels, target_channel (described in the schema). Tiles of
-a large image with a spatial train/test split: snakescope.convert.read.tile_samples.
+a large image with a spatial train/test split: snakescope.convert.read.tile_regions.
 """
 
 from __future__ import annotations

@@ -2,22 +2,28 @@
 
 Images become float32 channels-first arrays (snakescope.images); ground truth is read by the task
 (snakescope.tasks). A file that cannot be used adds its message to the list of problems instead of
-stopping the reading, so all of them are reported at once.
+stopping the reading, so all of them are reported at once. An image too large to read whole is cut
+into its tiles region by region (`read_tiles`, snakescope.lazy_images).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
+import math
 from collections import Counter
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 
 import numpy as np
 
 from snakescope.convert.samples import MULTI_FILE_SEPARATOR, Sample
-from snakescope.images import resize_image, to_channels_first
+from snakescope.images import check_mask_shape, resize_image, to_channels_first
 from snakescope.io import InputError, file_checksum, read_image
+from snakescope.lazy_images import LazyImage, reads_lazily
 from snakescope.logs import PROGRESS
+from snakescope.resources import MEMORY_SHARE, usable_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,17 @@ def sample_checksum(spec: str) -> str:
     return _CHECKSUMS[spec]
 
 
+def read_sample(sample: Sample, task, settings: dict, spatial_dims: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """A sample's float32 C+spatial image, its target as the task reads it (None when it has none) and its
+    source dtype, resized when the config says so."""
+    raw = read_sample_image(sample.image)
+    image = to_channels_first(raw, sample.image, spatial_dims)
+    target = task.read_target(sample.target, image.shape[1:], settings) if task.dense and sample.target else None
+    if settings.get("resize"):
+        image = resize_image(image, settings["resize"])
+    return image, target, str(raw.dtype)
+
+
 def read_dataset(
     samples: list[Sample], task, settings: dict, images: MutableMapping | None = None,
     targets: MutableMapping | None = None,
@@ -64,20 +81,17 @@ def read_dataset(
         ({id: float32 C+spatial image}, {id: target as the task reads it}, Counter of source dtypes,
          messages of the files that could not be used).
     """
-    spatial_dims = 3 if len(settings.get("patch_size") or [0, 0]) == 3 else 2
+    spatial_dims = _spatial_dims(settings)
     errors: list[str] = []
     images = {} if images is None else images
     targets = {} if targets is None else targets
     raw_dtypes: Counter = Counter()
     for index, sample in enumerate(samples):
         try:
-            raw = read_sample_image(sample.image)
-            raw_dtypes[str(raw.dtype)] += 1
-            image = to_channels_first(raw, sample.image, spatial_dims)
-            if task.dense and sample.target:
-                targets[sample.id] = task.read_target(sample.target, image.shape[1:], settings)
-            if settings.get("resize"):
-                image = resize_image(image, settings["resize"])
+            image, target, raw_dtype = read_sample(sample, task, settings, spatial_dims)
+            raw_dtypes[raw_dtype] += 1
+            if target is not None:
+                targets[sample.id] = target
             images[sample.id] = image
         except InputError as error:
             errors.append(str(error))
@@ -86,78 +100,144 @@ def read_dataset(
     return images, targets, raw_dtypes, errors
 
 
-def tile_samples(
-    samples: list[Sample],
-    images: dict[str, np.ndarray],
-    targets: dict[str, np.ndarray],
-    tile_size: list[int],
-    test_right_fraction: float | None,
-    new_mapping: Callable[[], MutableMapping] = dict,
-) -> tuple[list, MutableMapping, MutableMapping]:
-    """Cut every image (C+spatial) and its target (spatial, or C+spatial) into non-overlapping tiles.
+def read_tiles(
+    samples: list[Sample], task, settings: dict, images: MutableMapping, targets: MutableMapping,
+    whole_image_bytes: int | None = None,
+) -> tuple[list[Sample], MutableMapping, MutableMapping, Counter, list[str]]:
+    """Read every sample cut into the tiles of ``layout.tile_size`` (`tile_regions`): small images whole,
+    then cut; an image too large to read whole (a whole-slide image, a large volume: more than
+    `whole_image_bytes` read whole, MEMORY_SHARE of the memory this process may use by default) tile by
+    tile from its TIFF or OME-Zarr file, with its ground truth, so that memory holds one tile at a time.
+
+    Returns:
+        (tile samples, {tile id: image}, {tile id: target}, Counter of source dtypes, problems), the
+        mappings being `images` and `targets`.
+    """
+    layout = settings["layout"]
+    spatial_dims = _spatial_dims(settings)
+    budget = int(MEMORY_SHARE * usable_memory_bytes()) if whole_image_bytes is None else whole_image_bytes
+    tiles: list[Sample] = []
+    errors: list[str] = []
+    raw_dtypes: Counter = Counter()
+    for index, sample in enumerate(samples):
+        try:
+            with _opened_if_large(sample, task, settings, spatial_dims, budget) as large:
+                if large is None:
+                    image, target, raw_dtype = read_sample(sample, task, settings, spatial_dims)
+                    spatial_shape, cut = image.shape[1:], functools.partial(_cut_in_memory, image, target)
+                else:
+                    raw_dtype, spatial_shape = str(large[0].dtype), large[0].spatial_shape
+                    cut = functools.partial(_cut_lazily, *large, task, settings)
+                regions = tile_regions(sample, spatial_shape, layout["tile_size"], layout.get("test_right_fraction"))
+                for done, (tile, region) in enumerate(regions, start=1):
+                    images[tile.id], tile_target = cut(region)
+                    if tile_target is not None:
+                        targets[tile.id] = tile_target
+                    if large is not None and (done % 100 == 0 or done == len(regions)):
+                        log.info("%s: read %d/%d tiles", sample.id, done, len(regions), extra=PROGRESS)
+            raw_dtypes[raw_dtype] += 1
+            tiles.extend(tile for tile, _ in regions)
+        except InputError as error:
+            errors.append(str(error))
+        if (index + 1) % 50 == 0:
+            log.info("read %d/%d images", index + 1, len(samples), extra=PROGRESS)
+    right = layout.get("test_right_fraction")
+    if right and not errors and not any(tile.subset == "test" for tile in tiles):
+        raise InputError(
+            f"layout.test_right_fraction {right}: no tile lies wholly in that share of "
+            "the width. Raise it or use smaller tiles."
+        )
+    log.info("tiled %d image(s) into %d tiles of %s (%d test)", len(samples), len(tiles), list(layout["tile_size"]),
+             sum(tile.subset == "test" for tile in tiles))
+    return tiles, images, targets, raw_dtypes, errors
+
+
+def _cut_in_memory(image: np.ndarray, target: np.ndarray | None, region: tuple[slice, ...]):
+    """(image tile, target tile or None) of an image read whole: copies, so the whole image can go."""
+    return (np.ascontiguousarray(image[(slice(None), *region)]),
+            None if target is None else np.ascontiguousarray(target[(..., *region)]))
+
+
+def _cut_lazily(image: LazyImage, target: LazyImage | None, task, settings: dict, region: tuple[slice, ...]):
+    """(image tile, target tile or None) read from their files."""
+    return image.read(region), None if target is None else task.read_target_region(target, region, settings)
+
+
+def _spatial_dims(settings: dict) -> int:
+    return 3 if len(settings.get("patch_size") or [0, 0]) == 3 else 2
+
+
+@contextlib.contextmanager
+def _opened_if_large(sample: Sample, task, settings: dict, spatial_dims: int, budget: int):
+    """(image, target or None) opened lazily when the sample is too large to read whole within `budget`
+    bytes and its files can be read in parts; None otherwise (read whole). Reading whole holds, per
+    pixel, the image as stored and as float32 with its finite check (9 bytes a channel) and the mask as
+    stored and as int64 (16 bytes)."""
+    target_path = sample.target if task.dense and sample.target else None
+    readable = (not settings.get("resize") and MULTI_FILE_SEPARATOR not in sample.image
+                and reads_lazily(sample.image) and (target_path is None or reads_lazily(target_path)))
+    try:
+        image = LazyImage(sample.image, spatial_dims) if readable else None
+    except InputError:  # axes it cannot place: the whole-image reader says what is wrong, and how to fix it
+        image = None
+    if image is None:
+        yield None
+        return
+    with image:
+        per_pixel = 9 * image.shape[0] + (16 if target_path else 0)
+        if math.prod(image.spatial_shape) * per_pixel <= budget:
+            yield None
+            return
+        log.info("%s: %s pixels, read tile by tile", sample.id, "x".join(map(str, image.spatial_shape)))
+        if target_path is None:
+            yield image, None
+            return
+        with LazyImage(target_path, spatial_dims) as target:
+            check_mask_shape(target_path, target.spatial_shape, image.spatial_shape, what="ground truth")
+            yield image, target
+
+
+def tile_regions(
+    sample: Sample, spatial_shape: tuple[int, ...], tile_size: list[int], test_right_fraction: float | None,
+) -> list[tuple[Sample, tuple[slice, ...]]]:
+    """The non-overlapping tiles of a sample's image of `spatial_shape`: (tile sample, spatial region).
 
     Args:
         tile_size: [Y, X] or [Z, Y, X]; on volumes a two-value size tiles Y and X and keeps all of Z.
             Tiles start at the origin; a remainder narrower than a tile is dropped (logged).
-        test_right_fraction: tiles lying wholly in this rightmost share of an image's width form the
+        test_right_fraction: tiles lying wholly in this rightmost share of the image's width form the
             test set, a spatial split that keeps test pixels out of training (None: `split` decides).
-        new_mapping: makes the mappings the tiles go to (dict by default).
     Returns:
-        (tile samples, tile images, tile targets); ids ``<id>_y<Y0>_x<X0>`` (``_z<Z0>`` first in 3D),
-        `region` the slices, `group` the source image.
+        tiles with ids ``<id>_y<Y0>_x<X0>`` (``_z<Z0>`` first in 3D), `region` the slices, `group` the
+        source image.
+    Raises:
+        InputError when the tiles do not fit the image.
     """
-    out_samples, out_images, out_targets = [], new_mapping(), new_mapping()
-    for sample in samples:
-        image = images[sample.id]
-        target = targets.get(sample.id)  # read once: the mappings may be on disk
-        spatial = image.shape[1:]
-        size = list(tile_size)
-        if len(size) < len(spatial):
-            size = list(spatial[: len(spatial) - len(size)]) + size
-        if len(size) != len(spatial) or any(t > s for t, s in zip(size, spatial, strict=True)):
-            raise InputError(
-                f"{sample.image}: layout.tile_size {tile_size} does not fit the image's spatial shape "
-                f"{tuple(spatial)}. Give one size per spatial axis, each at most the image's."
-            )
-        counts = [s // t for s, t in zip(spatial, size, strict=True)]
-        dropped = [s - c * t for s, c, t in zip(spatial, counts, size, strict=True)]
-        if any(dropped):
-            log.info("%s: tiles of %s leave %s pixel(s) per axis unused", sample.id, size, dropped)
-        names = "zyx"[-len(spatial) :]
-        width = counts[-1] * size[-1]  # the tiled width; a dropped remainder does not count
-        for corner in np.ndindex(*counts):
-            starts = [c * t for c, t in zip(corner, size, strict=True)]
-            slices = tuple(slice(a, a + t) for a, t in zip(starts, size, strict=True))
-            tiled = [f"{n}{a}" for n, a, c in zip(names, starts, counts, strict=True) if c > 1 or n != "z"]
-            tile_id = f"{sample.id}_{'_'.join(tiled)}"
-            subset = sample.subset
-            if test_right_fraction and starts[-1] >= width * (1 - test_right_fraction) - 1e-9:
-                subset = "test"
-            region = ",".join(f"{n}{a}:{a + t}" for n, a, t in zip(names, starts, size, strict=True))
-            out_samples.append(
-                Sample(
-                    tile_id,
-                    sample.image,
-                    target=sample.target,
-                    label=sample.label,
-                    subset=subset,
-                    group=sample.group or sample.id,
-                    region=region,
-                )
-            )
-            out_images[tile_id] = np.ascontiguousarray(image[(slice(None), *slices)])
-            if target is not None:
-                out_targets[tile_id] = np.ascontiguousarray(target[(..., *slices)])
-    if test_right_fraction and not any(s.subset == "test" for s in out_samples):
+    spatial = tuple(spatial_shape)
+    size = list(tile_size)
+    if len(size) < len(spatial):
+        size = list(spatial[: len(spatial) - len(size)]) + size
+    if len(size) != len(spatial) or any(t > s for t, s in zip(size, spatial, strict=True)):
         raise InputError(
-            f"layout.test_right_fraction {test_right_fraction}: no tile lies wholly in that share of "
-            "the width. Raise it or use smaller tiles."
+            f"{sample.image}: layout.tile_size {tile_size} does not fit the image's spatial shape "
+            f"{spatial}. Give one size per spatial axis, each at most the image's."
         )
-    log.info(
-        "tiled %d image(s) into %d tiles of %s (%d test)",
-        len(samples),
-        len(out_samples),
-        list(tile_size),
-        sum(s.subset == "test" for s in out_samples),
-    )
-    return out_samples, out_images, out_targets
+    counts = [s // t for s, t in zip(spatial, size, strict=True)]
+    dropped = [s - c * t for s, c, t in zip(spatial, counts, size, strict=True)]
+    if any(dropped):
+        log.info("%s: tiles of %s leave %s pixel(s) per axis unused", sample.id, size, dropped)
+    names = "zyx"[-len(spatial) :]
+    width = counts[-1] * size[-1]  # the tiled width; a dropped remainder does not count
+    regions = []
+    for corner in np.ndindex(*counts):
+        starts = [c * t for c, t in zip(corner, size, strict=True)]
+        slices = tuple(slice(a, a + t) for a, t in zip(starts, size, strict=True))
+        tiled = [f"{n}{a}" for n, a, c in zip(names, starts, counts, strict=True) if c > 1 or n != "z"]
+        subset = sample.subset
+        if test_right_fraction and starts[-1] >= width * (1 - test_right_fraction) - 1e-9:
+            subset = "test"
+        region = ",".join(f"{n}{a}:{a + t}" for n, a, t in zip(names, starts, size, strict=True))
+        tile = Sample(f"{sample.id}_{'_'.join(tiled)}", sample.image, target=sample.target, label=sample.label,
+                      subset=subset, group=sample.group or sample.id, region=region)
+        regions.append((tile, slices))
+    return regions

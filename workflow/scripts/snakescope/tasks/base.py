@@ -67,7 +67,7 @@ class Predictor:
 
     def predict_large(self, image, sample_id: str, out: Path, uncertainty_dir: Path) -> tuple[dict, dict | None]:
         """For a task whose outputs are per pixel (`predicts_in_blocks`): an image too large for memory
-        (an `engine.tiled.LazyImage`), predicted block by block; returns its predictions.csv row and its
+        (an `lazy_images.LazyImage`), predicted block by block; returns its predictions.csv row and its
         uncertainty.csv row (one pass, None where one pass has no spread)."""
         raise NotImplementedError
 
@@ -117,6 +117,12 @@ class Task:
 
     def read_target(self, path: str, spatial_shape: tuple[int, ...], settings: dict) -> np.ndarray:
         """One ground-truth image, checked against its image's spatial shape (dense tasks)."""
+        raise NotImplementedError(f"{self.name} reads no ground-truth images")
+
+    def read_target_region(self, target, region: tuple[slice, ...], settings: dict) -> np.ndarray:
+        """One spatial `region` of a ground-truth image opened lazily (a `lazy_images.LazyImage`), as
+        `read_target` would give that region of the whole image; for images too large to read whole,
+        which are never resized."""
         raise NotImplementedError(f"{self.name} reads no ground-truth images")
 
     def check_targets(self, samples: list, targets: dict[str, np.ndarray], settings: dict) -> list[str]:

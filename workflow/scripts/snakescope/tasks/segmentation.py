@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from snakescope.images import object_areas, read_mask, resize_image
+from snakescope.images import object_areas, read_mask, read_mask_region, resize_image
 from snakescope.io import InputError, save_figure, write_tiff
 from snakescope.plots import displayable, orthogonal_views
 from snakescope.store import open_store
@@ -189,12 +189,13 @@ class Segmentation(Task):
     score_name = "val_dice"
 
     def read_target(self, path: str, spatial_shape: tuple[int, ...], settings: dict) -> np.ndarray:
-        mask = read_mask(path, spatial_shape)
-        if (settings.get("layout") or {}).get("mask_foreground"):
-            mask = (mask > 0).astype(np.int64)
+        mask = _foreground_if_asked(read_mask(path, spatial_shape), settings)
         if settings.get("resize"):
             mask = resize_image(mask, settings["resize"], is_mask=True)
         return mask
+
+    def read_target_region(self, target, region: tuple[slice, ...], settings: dict) -> np.ndarray:
+        return _foreground_if_asked(read_mask_region(target, region), settings)
 
     def check_targets(self, samples: list, targets: dict, settings: dict) -> list[str]:
         errors = lossy_mask_errors(samples)
@@ -395,3 +396,10 @@ def _uncertainty_figure(frame: pd.DataFrame, path: Path) -> None:
 
 
 TASK = Segmentation()
+
+
+def _foreground_if_asked(mask: np.ndarray, settings: dict) -> np.ndarray:
+    """Every non-zero label as class 1 when ``layout.mask_foreground`` says so."""
+    if (settings.get("layout") or {}).get("mask_foreground"):
+        return (mask > 0).astype(np.int64)
+    return mask

@@ -95,6 +95,10 @@ class Regression(Task):
             target = target[0] if target.shape[0] == 1 else target
         return target
 
+    def read_target_region(self, target, region: tuple[slice, ...], settings: dict) -> np.ndarray:
+        values = target.read(region)
+        return values[0] if values.shape[0] == 1 else values
+
     def fingerprint(self, settings: dict, samples: list, targets: dict, spatial_dims: int) -> dict:
         target_channels = {t.shape[0] if t.ndim > spatial_dims else 1 for t in targets.values()}
         if len(target_channels) > 1:
@@ -104,7 +108,7 @@ class Regression(Task):
             )
         return {
             "target_channels": target_channels.pop() if target_channels else 1,
-            "target_data_range": metrics.target_data_range([s.target for s in samples if s.target]),
+            "target_data_range": metrics.target_data_range([s.target for s in samples if s.target], spatial_dims),
         }
 
     def planned_normalisation(self, fingerprint: dict) -> tuple[str, str] | None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from snakescope.io import read_image, save_figure
+from snakescope.io import InputError, read_image, save_figure
+from snakescope.lazy_images import BLOCK_SIDE, LazyImage, blocks, reads_lazily
 from snakescope.plots import display_2d, displayable, orthogonal_views
 from snakescope.store import StoredArrays, open_store
 from snakescope.tasks.regression.targets import as_channels_first
@@ -28,17 +29,35 @@ log = logging.getLogger(__name__)
 METRIC_NAMES = ("mae", "mean_relative_error", "mse", "psnr", "ssim", "pearson_r")
 
 
-def target_data_range(target_paths: list[str]) -> float:
+def target_data_range(target_paths: list[str], spatial_dims: int = 2) -> float:
     """The intensity range PSNR and SSIM are computed over: the target files' integer dtype range
-    (255 for 8-bit, 65535 for 16-bit: the convention of scikit-image), else the targets' observed range."""
+    (255 for 8-bit, 65535 for 16-bit: the convention of scikit-image), else the targets' observed range.
+    TIFF and OME-Zarr targets are read block by block (a whole-slide target need not fit in memory)."""
     ranges = []
     for path in sorted(set(target_paths)):
-        target = read_image(path)
-        if target.dtype.kind in "ui":
-            ranges.append(float(np.iinfo(target.dtype).max - min(np.iinfo(target.dtype).min, 0)))
+        dtype, low, high = _value_range(path, spatial_dims)
+        if dtype.kind in "ui":
+            ranges.append(float(np.iinfo(dtype).max - min(np.iinfo(dtype).min, 0)))
         else:
-            ranges.append(float(np.ptp(target)))
+            ranges.append(float(high - low))
     return max(ranges) if ranges else 1.0
+
+
+def _value_range(path: str, spatial_dims: int) -> tuple[np.dtype, float, float]:
+    """(stored dtype, minimum, maximum) of a target file; the extremes only for float files."""
+    if reads_lazily(path):
+        try:
+            with LazyImage(path, spatial_dims) as target:
+                if target.dtype.kind in "ui":
+                    return target.dtype, 0.0, 0.0
+                extremes = [(values.min(), values.max()) for values in
+                            (target.read_stored(block.write) for block in
+                             blocks(target.spatial_shape, [BLOCK_SIDE[spatial_dims]] * spatial_dims, 0))]
+                return target.dtype, min(low for low, _ in extremes), max(high for _, high in extremes)
+        except InputError:  # axes the lazy reader does not place (e.g. unlabelled pages): read it whole
+            pass
+    target = read_image(path)
+    return target.dtype, target.min(), target.max()
 
 
 def regression_metrics(truth: np.ndarray, prediction: np.ndarray, data_range: float) -> dict:
