@@ -127,3 +127,20 @@ def test_an_image_is_read_whole_when_it_and_its_mask_fit_the_budget(tmp_path, mo
     assert len(whole) == (3 if read_whole else 0)
     assert errors == [] and dtypes == {"uint8": 3}
     assert len(samples) == len(images) == len(targets) == 27
+
+
+def test_an_image_too_large_to_read_whole_without_tiles_is_refused_with_the_fix(tmp_path, monkeypatch):
+    settings = slides(tmp_path / "data", "segmentation")
+    settings = stage_settings({**settings, "layout": {}}, "convert")
+    monkeypatch.setattr(read, "LARGE_FILE_BYTES", 0)  # every file opened to count its pixels
+    monkeypatch.setattr(read, "usable_memory_bytes", lambda: SIDE * SIDE * (9 * 3 + 16) - 1)
+
+    with pytest.raises(InputError) as raised:
+        convert_to(settings, tmp_path / "out")
+
+    assert str(raised.value).count("more than the 0.0 GiB this job may use") == 3
+    assert (f"{tmp_path}/data/image/slide0.tif: 40x40 pixels (3 channel(s)) take about 0.0 GiB to read whole"
+            in str(raised.value))
+    assert "layout: {tile_size: [512, 512]}" in str(raised.value)
+    monkeypatch.setattr(read, "usable_memory_bytes", lambda: SIDE * SIDE * (9 * 3 + 16))
+    assert convert_to(settings, tmp_path / "out")[0].count("\n") == 4  # read whole: three images

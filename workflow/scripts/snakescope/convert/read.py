@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import math
+import os
 from collections import Counter
 from collections.abc import MutableMapping
 
@@ -20,12 +21,14 @@ import numpy as np
 
 from snakescope.convert.samples import MULTI_FILE_SEPARATOR, Sample
 from snakescope.images import check_mask_shape, resize_image, to_channels_first
-from snakescope.io import InputError, file_checksum, read_image
+from snakescope.io import InputError, file_checksum, is_zarr_group, read_image
 from snakescope.lazy_images import LazyImage, reads_lazily
 from snakescope.logs import PROGRESS
 from snakescope.resources import MEMORY_SHARE, usable_memory_bytes
 
 log = logging.getLogger(__name__)
+
+LARGE_FILE_BYTES = 64 * 2**20  # smaller image files are read whole without checking their size
 
 
 def read_sample_image(spec: str) -> np.ndarray:
@@ -86,8 +89,10 @@ def read_dataset(
     images = {} if images is None else images
     targets = {} if targets is None else targets
     raw_dtypes: Counter = Counter()
+    memory = usable_memory_bytes()
     for index, sample in enumerate(samples):
         try:
+            _refuse_if_too_large(sample, task, spatial_dims, memory)
             image, target, raw_dtype = read_sample(sample, task, settings, spatial_dims)
             raw_dtypes[raw_dtype] += 1
             if target is not None:
@@ -98,6 +103,37 @@ def read_dataset(
         if (index + 1) % 50 == 0:
             log.info("read %d/%d images", index + 1, len(samples), extra=PROGRESS)
     return images, targets, raw_dtypes, errors
+
+
+def _refuse_if_too_large(sample: Sample, task, spatial_dims: int, memory: int) -> None:
+    """Raises InputError, with the fix, for an image that cannot be read whole in `memory` bytes (a
+    whole-slide image given without layout.tile_size), rather than letting the job be killed. Files
+    under LARGE_FILE_BYTES are not opened for it."""
+    path = sample.image
+    if MULTI_FILE_SEPARATOR in path or not reads_lazily(path):
+        return  # PNG, JPEG: no way to read them in parts anyway
+    if not is_zarr_group(path) and os.path.getsize(path) < LARGE_FILE_BYTES:
+        return
+    try:
+        with LazyImage(path, spatial_dims) as image:
+            shape = image.shape
+    except InputError:  # axes it cannot place: the whole-image reader says what is wrong
+        return
+    needed = _whole_read_bytes(shape, bool(task.dense and sample.target))
+    if needed > memory:
+        tiles = "[512, 512]" if spatial_dims == 2 else "[128, 128, 128]"
+        raise InputError(
+            f"{path}: {'x'.join(map(str, shape[1:]))} pixels ({shape[0]} channel(s)) take about "
+            f"{needed / 2**30:.1f} GiB to read whole, more than the {memory / 2**30:.1f} GiB this job may use. "
+            f"Cut it into training tiles, read tile by tile: layout: {{tile_size: {tiles}}} (with "
+            "test_right_fraction: 0.2 for a test set from its right side); or give the job more memory."
+        )
+
+
+def _whole_read_bytes(shape: tuple[int, ...], with_target: bool) -> int:
+    """Bytes an image of C+spatial `shape` takes read whole: per pixel, the image as stored and as float32
+    with its finite check (9 bytes a channel) and a mask as stored and as int64 (16 bytes)."""
+    return math.prod(shape[1:]) * (9 * shape[0] + (16 if with_target else 0))
 
 
 def read_tiles(
@@ -170,9 +206,7 @@ def _spatial_dims(settings: dict) -> int:
 @contextlib.contextmanager
 def _opened_if_large(sample: Sample, task, settings: dict, spatial_dims: int, budget: int):
     """(image, target or None) opened lazily when the sample is too large to read whole within `budget`
-    bytes and its files can be read in parts; None otherwise (read whole). Reading whole holds, per
-    pixel, the image as stored and as float32 with its finite check (9 bytes a channel) and the mask as
-    stored and as int64 (16 bytes)."""
+    bytes (`_whole_read_bytes`) and its files can be read in parts; None otherwise (read whole)."""
     target_path = sample.target if task.dense and sample.target else None
     readable = (not settings.get("resize") and MULTI_FILE_SEPARATOR not in sample.image
                 and reads_lazily(sample.image) and (target_path is None or reads_lazily(target_path)))
@@ -184,8 +218,7 @@ def _opened_if_large(sample: Sample, task, settings: dict, spatial_dims: int, bu
         yield None
         return
     with image:
-        per_pixel = 9 * image.shape[0] + (16 if target_path else 0)
-        if math.prod(image.spatial_shape) * per_pixel <= budget:
+        if _whole_read_bytes(image.shape, target_path is not None) <= budget:
             yield None
             return
         log.info("%s: %s pixels, read tile by tile", sample.id, "x".join(map(str, image.spatial_shape)))
