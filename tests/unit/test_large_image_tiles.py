@@ -46,9 +46,16 @@ def slides(root: Path, kind: str) -> dict:
         if kind == "instances_from_binary":
             target = np.where(target > 0, 255, 0).astype(np.uint8)
         (root / "image").mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(root / "image" / f"slide{i}.tif", image, tile=(16, 16))
-        save(root / "groundtruth" / f"slide{i}.tif", target)  # volumes without axes metadata: pages as Z
-    task = {"volume": "segmentation", "instances_from_binary": "instance_segmentation"}.get(kind, kind)
+        if kind == "pyramidal_ome_tiff":  # full resolution with a half-resolution level in a SubIFD
+            with tifffile.TiffWriter(root / "image" / f"slide{i}.ome.tif", ome=True) as tif:
+                tif.write(image, subifds=1, tile=(16, 16), photometric="rgb")
+                tif.write(image[::2, ::2], subfiletype=1, tile=(16, 16), photometric="rgb")
+        else:
+            tifffile.imwrite(root / "image" / f"slide{i}.tif", image, tile=(16, 16))
+        mask_name = f"slide{i}.ome.tif" if kind == "pyramidal_ome_tiff" else f"slide{i}.tif"
+        save(root / "groundtruth" / mask_name, target)  # volumes without axes metadata: pages as Z
+    task = {"volume": "segmentation", "instances_from_binary": "instance_segmentation",
+            "pyramidal_ome_tiff": "segmentation"}.get(kind, kind)
     extra = {"patch_size": [16, 16, 16]} if kind == "volume" else {}
     return settings_for(root, task=task, layout=layout, **extra)
 
@@ -69,7 +76,8 @@ def convert_to(settings: dict, out: Path) -> tuple[str, str, dict]:
     return converted(out)
 
 
-@pytest.mark.parametrize("kind", ["segmentation", "regression", "instances_from_binary", "volume", "ome_zarr"])
+@pytest.mark.parametrize("kind", ["segmentation", "regression", "instances_from_binary", "volume", "ome_zarr",
+                                  "pyramidal_ome_tiff"])
 def test_tiles_read_region_by_region_equal_tiles_cut_from_whole_images(tmp_path, monkeypatch, kind):
     if kind == "ome_zarr":  # two-channel OME-Zarr images with their label images, stored TCZYX
         data = zarr_dataset(tmp_path / "data")
