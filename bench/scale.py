@@ -29,6 +29,12 @@ writes a set of many gigabytes in minutes rather than drawing every cell: for a 
 memory cap.
 
     .venv/bin/python bench/scale.py --sizes 3200 --side 1024 --mosaic-of 512 --shard-size 200 --memory-cap-gb 3 --out /tmp/scale
+
+With --slide-dataset, the dataset is one RGB slide of that side with its mask (tiled TIFFs mosaicked from
+the demo images), cut into 512² training tiles (layout.tile_size; the rightmost fifth is the test set):
+`convert` reads it tile by tile (snakescope.convert.read.read_tiles), then it trains and predicts.
+
+    .venv/bin/python bench/scale.py --slide-dataset 20000 --memory-cap-gb 3 --out /tmp/scale
 """
 
 from __future__ import annotations
@@ -64,13 +70,14 @@ def memory_cgroup(cap_gb: float) -> Path:
 
 
 def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None,
-              shard: tuple[int, int] = (0, 0)) -> tuple[float, float]:
+              shard: tuple[int, int] = (0, 0), tile_size: int = 0) -> tuple[float, float]:
     """Run `stage` in a child process (inside `cgroup` when given): (peak RSS in GiB, seconds).
-    `shard`: (index, size) for the convert_shard and gather stages."""
+    `shard`: (index, size) for the convert_shard and gather stages; `tile_size`: cut the images into
+    tiles of that side (layout.tile_size)."""
     started = time.perf_counter()
     enter = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
     child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--out", str(work), "--data-path", data_path,
-                              "--shard", str(shard[0]), "--shard-size", str(shard[1])],
+                              "--shard", str(shard[0]), "--shard-size", str(shard[1]), "--tile-size", str(tile_size)],
                              preexec_fn=enter)
     _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -78,15 +85,20 @@ def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None
     return usage.ru_maxrss / 2**20, time.perf_counter() - started  # ru_maxrss is in KiB on Linux
 
 
-def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int = 0) -> None:
+def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int = 0, tile_size: int = 0) -> None:
     """One stage, run in a child process (see `run_stage`)."""
     sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
+    import logging
+
     from snakescope.augment import make_plan
     from snakescope.config import TrainConfig, resolve_datasets, stage_settings
     from snakescope.io import read_json, write_json
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = {"task": "segmentation", "data_dir": str(work / "data"), "epochs": 1, "batch_size": 4,
               "augmentations": ["flip"], "device": "cpu", "patch_size": [256, 256], "data_path": data_path}
+    if tile_size:
+        config["layout"] = {"tile_size": [tile_size, tile_size], "test_right_fraction": 0.2}
     (settings,) = resolve_datasets(config).values()
     out = work / "prepared"
     if name == "convert_shard":
@@ -120,11 +132,8 @@ def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int
         predict_dataset(str(work / "model.pt"), str(out / "arrays.zarr"), str(out / "samples.tsv"),
                         str(out / "splits.json"), str(work / "predict"), device="cpu", threads=2)
     elif name == "apply":
-        import logging
-
         from snakescope.apply import apply_model
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         apply_model(str(work.parent), str(work / "slide"), str(work / "applied"), device="cpu", threads=2)
 
 
@@ -183,7 +192,8 @@ def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path |
 
 
 def write_slide(path: Path, side: int, images: Path, tile: int = 512) -> None:
-    """A side x side RGB tiled TIFF, its tiles the demo images in turn (one tile in memory at a time)."""
+    """A side x side tiled TIFF, its tiles the demo images (RGB) or their masks (grey) in `images`, in turn,
+    one tile in memory at a time; the masks of a folder of masks line up with its images' slide."""
     import numpy as np
     import tifffile
 
@@ -191,8 +201,8 @@ def write_slide(path: Path, side: int, images: Path, tile: int = 512) -> None:
     per_row = -(-side // tile)
     tiles = (sources[(row * 7 + column) % len(sources)] for row in range(per_row) for column in range(per_row))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, tiles, shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
-                     bigtiff=True)
+    tifffile.imwrite(path, tiles, shape=(side, side, *sources[0].shape[2:]), dtype=np.uint8, tile=(tile, tile),
+                     photometric="rgb" if sources[0].ndim == 3 else "minisblack", bigtiff=True)
 
 
 def measure_slide(slide_side: int, work: Path, cgroup: Path | None = None) -> dict:
@@ -207,6 +217,27 @@ def measure_slide(slide_side: int, work: Path, cgroup: Path | None = None) -> di
     row = {"slide_side": slide_side, "raw_GB": slide_side**2 * 3 / 1e9, "file_GB": slide.stat().st_size / 1e9}
     row["apply_GiB"], row["apply_s"] = run_stage("apply", folder, "auto", cgroup)
     row["output_GB"] = folder_bytes(folder / "applied") / 1e9
+    return row
+
+
+def measure_slide_dataset(slide_side: int, root: Path, cgroup: Path | None = None, tile: int = 512) -> dict:
+    """Convert (tile by tile), train and predict a dataset of one slide_side² RGB slide with its mask, cut
+    into training tiles of `tile`² (layout.tile_size; the rightmost fifth of the tiles is the test set)."""
+    sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
+    from snakescope.synthetic import write_demo_dataset
+
+    work = root / f"slide_dataset{slide_side}"
+    pool = write_demo_dataset(root / f"pool_side{tile}", n_images=16, size=tile)
+    for folder in ("image", "groundtruth"):
+        if not (work / "data" / folder / "slide.tif").exists():
+            write_slide(work / "data" / folder / "slide.tif", slide_side, pool / folder, tile)
+    row = {"slide_side": slide_side, "raw_GB": slide_side**2 * 4 / 1e9,  # RGB uint8 image + uint8 mask
+           "files_GB": folder_bytes(work / "data") / 1e9}
+    for name in ("convert", "train", "predict"):
+        row[f"{name}_GiB"], row[f"{name}_s"] = run_stage(name, work, "auto", cgroup, tile_size=tile)
+    row["tiles"] = (work / "prepared" / "samples.tsv").read_text().count("\n") - 1
+    row["train_read"] = json.loads((work / "card.json").read_text())["training"]["data_path"]
+    row["store_per_raw"] = folder_bytes(work / "prepared" / "arrays.zarr") / 1e9 / row["raw_GB"]
     return row
 
 
@@ -228,14 +259,19 @@ def main() -> None:
                         help="then apply the model of the first size to one RGB image of this side")
     parser.add_argument("--mosaic-of", type=int, default=0,
                         help="build the images as mosaics of 64 demo images of this side (fast, for large sets)")
+    parser.add_argument("--slide-dataset", type=int,
+                        help="instead: convert, train and predict one RGB slide of this side with its mask, in tiles")
+    parser.add_argument("--tile-size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.stage:
-        stage(args.stage, args.out, args.data_path, args.shard, args.shard_size)
+        stage(args.stage, args.out, args.data_path, args.shard, args.shard_size, args.tile_size)
         return
     cgroup = memory_cgroup(args.memory_cap_gb) if args.memory_cap_gb else None
     try:
-        if args.slide_side:
+        if args.slide_dataset:
+            rows = [measure_slide_dataset(args.slide_dataset, args.out, cgroup)]
+        elif args.slide_side:
             work = args.out / f"n{args.sizes[0]}_side{args.side}"
             if not (work / "model.pt").exists():
                 measure(args.sizes[0], args.side, args.out, args.data_path, cgroup)
