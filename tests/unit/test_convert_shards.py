@@ -18,7 +18,7 @@ from snakescope.convert import (
     shard_count,
 )
 from snakescope.convert.fingerprint import _intensity_samples
-from snakescope.convert.shards import plan_shards, shard_input_files, shard_samples
+from snakescope.convert.shards import ShardImages, plan_shards, shard_input_files, shard_samples
 from snakescope.io import InputError
 from snakescope.store import open_store
 
@@ -95,6 +95,21 @@ def test_shards_gather_into_what_one_job_writes(tmp_path, task):
     chunks = sorted(p.relative_to(in_shard) for p in in_shard.rglob("*") if p.is_file())
     assert chunks == sorted(p.relative_to(gathered) for p in gathered.rglob("*") if p.is_file())
     assert all((gathered / chunk).samefile(in_shard / chunk) for chunk in chunks)
+
+
+def test_gather_reads_each_image_once_with_the_summaries_the_shards_made(tmp_path, monkeypatch):
+    settings = stage_settings(settings_for(instantdl_segmentation(tmp_path / "data", [f"img{i}" for i in range(7)]),
+                                           task="segmentation"), "convert")
+    convert_dataset(settings, tmp_path / "one" / "arrays.zarr", tmp_path / "one" / "samples.tsv",
+                    tmp_path / "one" / "fingerprint.json")
+    reads = []
+    original = ShardImages.__getitem__
+    monkeypatch.setattr(ShardImages, "__getitem__", lambda self, key: reads.append(key) or original(self, key))
+
+    convert_in_shards(settings, tmp_path / "sharded")
+
+    assert sorted(reads) == [f"img{i}" for i in range(7)]  # the intensity samples' read, nothing more
+    assert_same_conversion(converted(tmp_path / "sharded"), converted(tmp_path / "one"))
 
 
 def test_gather_reports_the_problems_of_every_shard_at_once(tmp_path):

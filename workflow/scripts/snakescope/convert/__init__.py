@@ -65,7 +65,8 @@ def convert_shard(settings: dict, shard: int, shards: int, shard_size: int, shar
              shard * shard_size + len(samples), len(found), settings["data_dir"])
     with _held_arrays(shard_out) as spilled:
         samples, images, targets, raw_dtypes, errors = _read_samples(samples, task, settings, spilled)
-        write_shard(shard_out, samples, images, targets, raw_dtypes, errors, sample_checksums(samples))
+        write_shard(shard_out, samples, images, targets, raw_dtypes, errors, sample_checksums(samples),
+                    summarise_images(images))
 
 
 def gather_shards(
@@ -76,10 +77,11 @@ def gather_shards(
     would have (the same store, table and fingerprint); returns the fingerprint."""
     task = get_task(settings["task"])
     with _held_arrays(arrays_out) as spilled:
-        samples, images, targets, raw_dtypes, errors, checksums = read_shards(shard_dirs, next(spilled))
-        log.info("gathered %d images from %d convert shards", len(samples), len(shard_dirs))
-        fingerprint = _check_and_pack(settings, task, samples, images, targets, raw_dtypes, errors, checksums,
-                                      arrays_out, samples_out)
+        shards = read_shards(shard_dirs, next(spilled))
+        log.info("gathered %d images from %d convert shards", len(shards.samples), len(shard_dirs))
+        fingerprint = _check_and_pack(settings, task, shards.samples, shards.images, shards.targets,
+                                      shards.source_dtypes, shards.errors, shards.checksums, arrays_out, samples_out,
+                                      shards.summaries)
     write_json(fingerprint, fingerprint_out)
     return fingerprint
 
@@ -105,13 +107,15 @@ def _read_samples(samples, task, settings, spilled):
 
 
 def _check_and_pack(settings, task, samples, images, targets, raw_dtypes, errors, checksums, arrays_out,
-                    samples_out) -> dict:
+                    samples_out, summaries=None) -> dict:
     """The checks across the dataset, then its fingerprint and the store; returns the fingerprint.
+    `summaries`: the images' (`summarise_images`), when the shards computed them.
 
     Raises:
         InputError listing every problem found, in the files and across them.
     """
-    summaries = summarise_images(images)  # the one read of every image the checks need
+    if summaries is None:
+        summaries = summarise_images(images)  # the one read of every image the checks need
     blank, constant_warnings = constant_images(samples, summaries)
     raise_if_any(errors + channel_count_errors(samples, summaries) + blank
                  + task.check_targets(samples, targets, settings))

@@ -4,10 +4,11 @@ A dataset of more than `convert_shard_size` samples converts in shards: shard k 
 samples k·size … (k+1)·size − 1 of the discovered list (`shard_samples`) and writes what it read to its
 own folder (`write_shard`): the images and ground truth exactly as read, in a store (snakescope.store),
 its sample table, and what the whole-dataset checks need of it (the problems found in its files, the
-source dtypes, the files' checksums). Shards run in parallel (on several nodes under profiles/slurm)
+source dtypes, the files' checksums, each image's summary: shape, mean, whether constant). Shards run in parallel (on several nodes under profiles/slurm)
 and each is cached on its own. The gather step (snakescope.convert.gather_shards) then checks the
 dataset as a whole and packs it as one unsharded convert would, reading the shards' images on demand
-(`ShardImages`) and linking their chunk files into the final store instead of compressing them again.
+(`ShardImages`; once each, for the fingerprint's intensity samples, which one generator draws across
+the dataset) and linking their chunk files into the final store instead of compressing them again.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from snakescope.convert.discover import discover_samples
+from snakescope.convert.fingerprint import ImageSummary
 from snakescope.convert.samples import MULTI_FILE_SEPARATOR, Sample
 from snakescope.io import InputError, atomic_directory
 from snakescope.store import StoredImage, open_store, write_store
@@ -82,9 +84,11 @@ def write_shard(
     source_dtypes: Counter,
     errors: list[str],
     checksums: dict[str, str],
+    summaries: Mapping[str, ImageSummary],
 ) -> None:
     """One shard's folder, written beside its final name and renamed when complete: the store of the
-    samples that could be read, the table of every sample, and the facts the gather step needs."""
+    samples that could be read, the table of every sample, and the facts the gather step needs (with
+    each image's summary, so that gathering reads each image once, for the intensity samples)."""
     import pandas as pd
 
     with atomic_directory(out_dir) as tmp:
@@ -95,7 +99,8 @@ def write_shard(
         pd.DataFrame([asdict(s) for s in samples], columns=list(Sample.__dataclass_fields__)).to_csv(
             tmp / SHARD_SAMPLES, sep="\t", index=False
         )
-        facts = {"errors": errors, "source_dtypes": dict(source_dtypes), "checksums": checksums}
+        facts = {"errors": errors, "source_dtypes": dict(source_dtypes), "checksums": checksums,
+                 "summaries": {key: asdict(summary) for key, summary in summaries.items()}}
         (tmp / SHARD_FACTS).write_text(json.dumps(facts, indent=1))
 
 
@@ -153,15 +158,27 @@ class ShardTargets(_ShardArrays, MutableMapping):
         self.rewritten.pop(sample_id, None)
 
 
-def read_shards(
-    shard_dirs: list[str | Path], rewritten: MutableMapping
-) -> tuple[list[Sample], ShardImages, ShardTargets, Counter, list[str], dict[str, str]]:
-    """The shards' samples in order, their images and targets (read on demand; targets the task rewrites
-    go to `rewritten`), source dtypes, problems and checksums, as one convert would have them."""
+@dataclass(frozen=True)
+class GatheredShards:
+    """What the shards read, as one convert would have it: samples in order, images and targets (read on
+    demand; targets the task rewrites go to the mapping given to `read_shards`), source dtypes,
+    problems, checksums and image summaries."""
+
+    samples: list[Sample]
+    images: ShardImages
+    targets: ShardTargets
+    source_dtypes: Counter
+    errors: list[str]
+    checksums: dict[str, str]
+    summaries: dict[str, ImageSummary]
+
+
+def read_shards(shard_dirs: list[str | Path], rewritten: MutableMapping) -> GatheredShards:
+    """The shards in `shard_dirs`, in order (see `GatheredShards`)."""
     import pandas as pd
 
     samples: list[Sample] = []
-    stores, source_dtypes, errors, checksums = [], Counter(), [], {}
+    stores, source_dtypes, errors, checksums, summaries = [], Counter(), [], {}, {}
     for shard_dir in map(Path, shard_dirs):
         table = pd.read_csv(shard_dir / SHARD_SAMPLES, sep="\t", dtype=str, keep_default_na=False)
         samples += [Sample(**row) for row in table.to_dict("records")]
@@ -169,7 +186,11 @@ def read_shards(
         errors += facts["errors"]
         source_dtypes.update(facts["source_dtypes"])
         checksums.update(facts["checksums"])
+        summaries.update({key: ImageSummary(**{**summary, "shape": tuple(summary["shape"])})
+                          for key, summary in facts["summaries"].items()})
         stores.append(open_store(shard_dir / SHARD_STORE))
     # as one convert lists them: the images' checksums, then the targets'
     checksums = dict(sorted(checksums.items(), key=lambda item: item[0].endswith(":target")))
-    return samples, ShardImages(stores), ShardTargets(stores, rewritten), source_dtypes, errors, checksums
+    images = ShardImages(stores)
+    return GatheredShards(samples, images, ShardTargets(stores, rewritten), source_dtypes, errors, checksums,
+                          {key: summaries[key] for key in images})  # in the images' order, as summarise_images
