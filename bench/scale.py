@@ -24,6 +24,8 @@ shards' total time and the gather step's.
 
     .venv/bin/python bench/scale.py --sizes 1600 --side 512 --shard-size 400 --memory-cap-gb 3 --out /tmp/scale
 
+(--convert-only stops after convert: the shards and the gather step, or the one convert job.)
+
 With --mosaic-of, the images are mosaics of a pool of 64 demo images of that side (and their masks), which
 writes a set of many gigabytes in minutes rather than drawing every cell: for a dataset several times the
 memory cap.
@@ -161,7 +163,7 @@ def write_mosaic_dataset(out: Path, n_images: int, side: int, pool: Path) -> Pat
 
 
 def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path | None = None,
-            shard_size: int = 0, mosaic_of: int = 0) -> dict:
+            shard_size: int = 0, mosaic_of: int = 0, convert_only: bool = False) -> dict:
     sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
     from snakescope.convert import shard_count
     from snakescope.synthetic import write_demo_dataset
@@ -183,9 +185,12 @@ def measure(n_images: int, side: int, root: Path, data_path: str, cgroup: Path |
         row["gather_GiB"], row["gather_s"] = run_stage("gather", work, data_path, cgroup, (0, shard_size))
         row["convert_GiB"], row["convert_s"] = max(row["shard_GiB"], row["gather_GiB"]), row["shards_s"] + row["gather_s"]
     stages = ("train", "predict") if shard_size else ("convert", "train", "predict")
+    if convert_only:
+        stages = () if shard_size else ("convert",)
     for name in stages:
         row[f"{name}_GiB"], row[f"{name}_s"] = run_stage(name, work, data_path, cgroup)
-    row["train_read"] = json.loads((work / "card.json").read_text())["training"]["data_path"]  # memory or stream
+    if not convert_only:
+        row["train_read"] = json.loads((work / "card.json").read_text())["training"]["data_path"]  # memory or stream
     row["store_MB"] = folder_bytes(work / "prepared" / "arrays.zarr") / 1e6
     row["store_per_raw"] = row["store_MB"] / row["raw_MB"]
     return row
@@ -262,6 +267,7 @@ def main() -> None:
     parser.add_argument("--slide-dataset", type=int,
                         help="instead: convert, train and predict one RGB slide of this side with its mask, in tiles")
     parser.add_argument("--tile-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--convert-only", action="store_true", help="measure convert (shards and gather) alone")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.stage:
@@ -277,8 +283,8 @@ def main() -> None:
                 measure(args.sizes[0], args.side, args.out, args.data_path, cgroup)
             rows = [measure_slide(args.slide_side, work, cgroup)]
         else:
-            rows = [measure(n, args.side, args.out, args.data_path, cgroup, args.shard_size, args.mosaic_of)
-                    for n in args.sizes]
+            rows = [measure(n, args.side, args.out, args.data_path, cgroup, args.shard_size, args.mosaic_of,
+                            args.convert_only) for n in args.sizes]
     finally:
         if cgroup:
             cgroup.rmdir()
