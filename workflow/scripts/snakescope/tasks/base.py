@@ -67,7 +67,7 @@ class Predictor:
 
     def predict_large(self, image, sample_id: str, out: Path, uncertainty_dir: Path) -> tuple[dict, dict | None]:
         """For a task whose outputs are per pixel (`predicts_in_blocks`): an image too large for memory
-        (an `lazy_images.LazyImage`), predicted block by block; returns its predictions.csv row and its
+        (a `lazy_images.LazyImage`), predicted block by block; returns its predictions.csv row and its
         uncertainty.csv row (one pass, None where one pass has no spread)."""
         raise NotImplementedError
 
