@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 import pandas as pd
@@ -134,6 +135,24 @@ def test_automatic_groups_fall_back_to_single_images_when_too_few(caplog):
     split = make_split(samples, 0.25, 0.25, seed=0, stratify=False)
     check_partition(split, samples)
     assert "only 1 group(s) ['field1']" in caplog.text
+
+
+def test_the_tiles_of_one_image_split_in_bands_from_the_right(caplog):
+    caplog.set_level(logging.INFO, logger="snakescope")
+    # 4 rows x 5 columns of 10-pixel tiles of one image (layout.tile_size, no test_right_fraction)
+    corners = [(y, x) for y in range(0, 40, 10) for x in range(0, 50, 10)]
+    samples = table([""] * 20, groups=["slide"] * 20)
+    samples["target"] = "/data/gt.tif"
+    samples["region"] = [f"y{y}:{y + 10},x{x}:{x + 10}" for y, x in corners]
+    column = {f"s{i:03d}": x for i, (_, x) in enumerate(corners)}
+
+    for seed in (0, 1):
+        split = make_split(samples, 0.2, 0.25, seed=seed, stratify=False)
+        check_partition(split, samples)
+        assert {column[i] for i in split["test"]} == {40} and len(split["test"]) == 4  # the rightmost column
+        assert {column[i] for i in split["val"]} == {30} and len(split["val"]) == 4  # the band next to it
+    assert "the 4 furthest right held out as one band (x from 30)" in caplog.text
+    assert "spans two splits" not in caplog.text
 
 
 def test_images_without_a_group():

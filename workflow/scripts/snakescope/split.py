@@ -2,7 +2,8 @@
 
 A test set the user made (InstantDL ``test/`` folder) is kept as it is. Classification splits are
 stratified by class; when `group_column` names a grouping (patient, slide, field of view), no group
-spans two splits.
+spans two splits. The tiles of a single image (layout.tile_size) are split in bands from the right,
+so that validation (and test, when the layout gives none) borders training along one edge only.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def make_split(
         rng_seed = seed * 1000 + salt
         frame_groups = frame["group"].astype(str)
         n_groups = frame_groups.nunique()
+        if grouped and n_groups < 2 and _all_tiles(frame):
+            return _band_from_the_right(frame, min(len(frame) - 1, max(1, round(fraction * len(frame)))))
         if grouped and n_groups < 2:
             log.warning(
                 "only %d group(s) %s left to split %d images; splitting them as single images, so one group "
@@ -168,6 +171,24 @@ def make_split(
                 f"val_fraction {val_fraction}); add images or raise the fraction."
             )
     return split
+
+
+def _all_tiles(frame: pd.DataFrame) -> bool:
+    """Whether every sample is a tile with its region in its image (layout.tile_size)."""
+    return "region" in frame.columns and bool((frame["region"].astype(str) != "").all())
+
+
+def _band_from_the_right(frame: pd.DataFrame, n_held: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, held) tiles of one image: the `n_held` furthest right (then top to bottom) held out as one
+    band, which borders the kept tiles along one edge; tiles drawn at random would each border training
+    tiles on every side, and neighbouring pixels make an optimistic validation."""
+    starts = [dict((part[0], int(part[1:].split(":")[0])) for part in region.split(","))
+              for region in frame["region"].astype(str)]
+    order = sorted(range(len(frame)), key=lambda i: (-starts[i]["x"], starts[i].get("y", 0), starts[i].get("z", 0)))
+    held = sorted(order[:n_held])
+    log.info("one image's %d tiles: the %d furthest right held out as one band (x from %d)", len(frame), n_held,
+             min(starts[i]["x"] for i in held))
+    return frame.iloc[sorted(order[n_held:])], frame.iloc[held]
 
 
 def write_split(samples_tsv: str, settings: dict, split_out: str) -> dict:
