@@ -46,7 +46,7 @@ from snakescope.io import (
     write_json,
     write_table,
 )
-from snakescope.lazy_images import LazyImage, reads_lazily
+from snakescope.lazy_images import LazyImage, open_lazily
 from snakescope.logs import PROGRESS
 from snakescope.tasks import get_task, load_trained
 from snakescope.tasks.base import InferenceData
@@ -165,14 +165,12 @@ def large_image(path: Path, payload: dict, predictor, mc_samples: int, memory_bu
         InputError naming the file and the fix when it does not fit the model or cannot be predicted in
         blocks (a task that needs the whole image, a model trained on resized images).
     """
-    if not reads_lazily(path):
-        return None
     spec, plan = payload["spec"], payload["plan"]
-    try:
-        with LazyImage(path, spec["spatial_dims"]) as image:
-            shape = image.shape
-    except InputError:  # axes it cannot place: the whole-image reader says what is wrong, and how to fix it
+    image = open_lazily(path, spec["spatial_dims"])
+    if image is None:  # PNG, JPEG, or axes it cannot place: the whole-image reader says what is wrong
         return None
+    with image:
+        shape = image.shape
     if payload.get("input_size"):  # resized to the training size first: only the image as read counts
         whole = fits_whole(shape, 0, 0, 0, memory_budget)
     else:

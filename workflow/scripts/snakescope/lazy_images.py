@@ -31,6 +31,18 @@ def reads_lazily(path: str | Path) -> bool:
     return str(path).lower().endswith(LAZY_SUFFIXES) or is_zarr_group(path)
 
 
+def open_lazily(path: str | Path, spatial_dims: int) -> LazyImage | None:
+    """`path` opened as a `LazyImage` (to be closed by the caller), or None when it cannot be read in parts:
+    not a TIFF or OME-Zarr image, or axes `LazyImage` cannot place, which the whole-image reader then
+    reports with its fix."""
+    if not reads_lazily(path):
+        return None
+    try:
+        return LazyImage(path, spatial_dims)
+    except InputError:
+        return None
+
+
 class LazyImage:
     """A C+spatial float32 view of a TIFF or OME-Zarr image, read region by region (see the module doc)."""
 

@@ -22,7 +22,7 @@ import numpy as np
 from snakescope.convert.samples import MULTI_FILE_SEPARATOR, Sample
 from snakescope.images import check_mask_shape, resize_image, to_channels_first
 from snakescope.io import InputError, file_checksum, is_zarr_group, read_image
-from snakescope.lazy_images import LazyImage, reads_lazily
+from snakescope.lazy_images import LazyImage, open_lazily, reads_lazily
 from snakescope.logs import PROGRESS
 from snakescope.resources import MEMORY_SHARE, usable_memory_bytes
 
@@ -114,11 +114,11 @@ def _refuse_if_too_large(sample: Sample, task, spatial_dims: int, memory: int) -
         return  # PNG, JPEG: no way to read them in parts anyway
     if not is_zarr_group(path) and os.path.getsize(path) < LARGE_FILE_BYTES:
         return
-    try:
-        with LazyImage(path, spatial_dims) as image:
-            shape = image.shape
-    except InputError:  # axes it cannot place: the whole-image reader says what is wrong
+    image = open_lazily(path, spatial_dims)
+    if image is None:
         return
+    with image:
+        shape = image.shape
     needed = _whole_read_bytes(shape, bool(task.dense and sample.target))
     if needed > memory:
         tiles = "[512, 512]" if spatial_dims == 2 else "[128, 128, 128]"
@@ -209,11 +209,8 @@ def _opened_if_large(sample: Sample, task, settings: dict, spatial_dims: int, bu
     bytes (`_whole_read_bytes`) and its files can be read in parts; None otherwise (read whole)."""
     target_path = sample.target if task.dense and sample.target else None
     readable = (not settings.get("resize") and MULTI_FILE_SEPARATOR not in sample.image
-                and reads_lazily(sample.image) and (target_path is None or reads_lazily(target_path)))
-    try:
-        image = LazyImage(sample.image, spatial_dims) if readable else None
-    except InputError:  # axes it cannot place: the whole-image reader says what is wrong, and how to fix it
-        image = None
+                and (target_path is None or reads_lazily(target_path)))
+    image = open_lazily(sample.image, spatial_dims) if readable else None
     if image is None:
         yield None
         return
