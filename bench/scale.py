@@ -9,7 +9,7 @@ store's bytes and its ratio to the raw bytes, and each stage's peak RSS.
     .venv/bin/python bench/scale.py --sizes 100 400 1600 --side 512 --memory-cap-gb 3 --out /tmp/scale
 
 Each stage plans what it holds from the memory it may use (snakescope.resources): under the 3 GB cgroup,
-convert spills what it reads beyond 0.75 GB to disk and training streams from the store.
+convert spills what it reads beyond 0.375 GB to disk and training streams from the store.
 
 With --slide-side, it applies the model trained on the smallest set instead to one whole-slide image of
 that side (RGB, a tiled TIFF mosaicked from the demo images, written one tile at a time), under the same

@@ -35,6 +35,12 @@ from snakescope.tasks import get_task
 
 log = logging.getLogger(__name__)
 
+# convert holds what it reads in memory up to this share of the memory it may use, half the share a
+# training set may take (MEMORY_SHARE): spilling the rest costs no measurable time (the scratch store is
+# read back from the page cache), and the smaller share is already filled by a few hundred images, so
+# convert's peak stays about flat as a dataset grows (bench/scale.py, docs/performance.md).
+HELD_SHARE = MEMORY_SHARE / 2
+
 __all__ = ["Sample", "convert_dataset", "convert_shard", "discover_samples", "gather_shards", "list_input_files",
            "parse_key_values", "read_sample_image", "shard_count", "tile_regions"]
 
@@ -88,11 +94,11 @@ def gather_shards(
 
 @contextlib.contextmanager
 def _held_arrays(out: str | Path):
-    """New mappings for the pixels read, held until the checks pass: in memory up to a share of it, beyond
+    """New mappings for the pixels read, held until the checks pass: in memory up to HELD_SHARE, beyond
     that on disk in a scratch folder beside `out` (snakescope.store.SpilledArrays), removed at the end, so
     a dataset larger than memory converts. Images and targets take half the budget each."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    budget = int(MEMORY_SHARE * usable_memory_bytes())
+    budget = int(HELD_SHARE * usable_memory_bytes())
     with tempfile.TemporaryDirectory(prefix=".convert-scratch-", dir=Path(out).parent) as scratch:
         yield (SpilledArrays(Path(scratch) / str(n), budget // 2) for n in itertools.count())
 
