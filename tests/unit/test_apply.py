@@ -14,6 +14,7 @@ import pytest
 import tifffile
 import yaml
 
+from snakescope import lazy_images
 from snakescope.applications import resolve_applications
 from snakescope.apply import apply_model, smallest_side, training_data
 from snakescope.config import ConfigError, resolve_datasets
@@ -74,7 +75,6 @@ def test_an_image_too_large_for_memory_is_predicted_block_by_block_as_whole(smal
     32-pixel patch)."""
     import zarr
 
-    from snakescope.engine import tiled
 
     root, folder, prepared = small_run("segmentation")
     tiles = [tifffile.imread(path) for path in sorted((folder / "image").glob("*.tif"))]
@@ -83,7 +83,7 @@ def test_an_image_too_large_for_memory_is_predicted_block_by_block_as_whole(smal
     images = tmp_path / "new"
     images.mkdir()
     tifffile.imwrite(images / "mosaic.tif", mosaic, tile=(64, 64), photometric="rgb")
-    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 64)
+    monkeypatch.setitem(lazy_images.BLOCK_SIDE, 2, 64)
     apply_model(str(root), str(images), str(tmp_path / "whole"), mc_samples=2, device="cpu")
     ranking = apply_model(str(root), str(images), str(tmp_path / "blocks"), mc_samples=2, device="cpu",
                           memory_budget=0)
@@ -111,11 +111,10 @@ def test_a_regression_image_too_large_for_memory_is_predicted_block_by_block_as_
                                                                                       monkeypatch):
     import zarr
 
-    from snakescope.engine import tiled
 
     root, folder, _ = small_run("regression")  # 48 x 48 float images, patch 32: blocks of 24 with margins of 48
     images = new_images(folder, tmp_path / "new")
-    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 24)
+    monkeypatch.setitem(lazy_images.BLOCK_SIDE, 2, 24)
     apply_model(str(root), str(images), str(tmp_path / "whole"), mc_samples=2, device="cpu")
     apply_model(str(root), str(images), str(tmp_path / "blocks"), mc_samples=2, device="cpu", memory_budget=0)
     table = pd.read_csv(tmp_path / "blocks/predictions/predictions.csv")

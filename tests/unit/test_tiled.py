@@ -9,6 +9,7 @@ import tifffile
 import torch
 import zarr
 
+from snakescope import lazy_images
 from snakescope.engine import tiled
 from snakescope.engine.inference import predict_logits
 from snakescope.engine.tiled import fits_whole, predict_blocks
@@ -111,7 +112,7 @@ def test_block_by_block_outputs_equal_the_whole_image_for_a_pixelwise_network(tm
     pixels = np.random.default_rng(4).integers(0, 255, (130, 97, 3), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "image.tif", pixels, tile=(32, 32), photometric="rgb")
     plan = {"normalisation": "percentile", "patch_size": [32, 32], "spatial_dims": 2}
-    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 40)
+    monkeypatch.setitem(lazy_images.BLOCK_SIDE, 2, 40)
 
     def outputs_of(block):
         with torch.no_grad():
@@ -128,7 +129,7 @@ def test_a_large_segmentation_writes_ome_zarr_with_the_otsu_mask_of_its_probabil
     pixels = np.zeros((120, 100), np.float32)
     pixels[20:70, 30:90] = 1.0
     tifffile.imwrite(tmp_path / "image.tif", pixels, tile=(32, 32))
-    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 48)
+    monkeypatch.setitem(lazy_images.BLOCK_SIDE, 2, 48)
 
     def probabilities_of(block):  # a "network" sure of the bright pixels, less of the dark ones
         foreground = np.where(block[0] > 0.5, 0.9, 0.2)
@@ -159,7 +160,7 @@ def test_a_large_segmentation_writes_ome_zarr_with_the_otsu_mask_of_its_probabil
 def test_a_thumbnail_takes_every_nth_pixel_across_blocks(tmp_path, monkeypatch, open_lazy):
     pixels = np.arange(3 * 70 * 45, dtype=np.uint16).reshape(70, 45, 3)
     tifffile.imwrite(tmp_path / "image.tif", pixels, photometric="rgb")
-    monkeypatch.setitem(tiled.BLOCK_SIDE, 2, 16)  # blocks that do not start on the thumbnail's grid
+    monkeypatch.setitem(lazy_images.BLOCK_SIDE, 2, 16)  # blocks that do not start on the thumbnail's grid
     thumbnail = open_lazy(tmp_path / "image.tif", 2).thumbnail(max_side=20)  # every 4th pixel
     np.testing.assert_array_equal(thumbnail, np.moveaxis(pixels[::4, ::4], -1, 0).astype(np.float32))
 
@@ -170,7 +171,7 @@ def test_a_volume_block_by_block_equals_the_whole_volume(tmp_path, monkeypatch, 
     volume = np.random.default_rng(5).random((30, 50, 41)).astype(np.float32)
     tifffile.imwrite(tmp_path / "volume.tif", volume, metadata={"axes": "ZYX"})
     plan = {"normalisation": "zscore", "patch_size": [16, 16, 16], "spatial_dims": 3}
-    monkeypatch.setitem(tiled.BLOCK_SIDE, 3, 24)  # blocks of 24 (twice the step of 12), margins of 24
+    monkeypatch.setitem(lazy_images.BLOCK_SIDE, 3, 24)  # blocks of 24 (twice the step of 12), margins of 24
 
     def outputs_of(block):
         with torch.no_grad():

@@ -85,24 +85,35 @@ def read_dataset(
          messages of the files that could not be used).
     """
     spatial_dims = _spatial_dims(settings)
-    errors: list[str] = []
     images = {} if images is None else images
     targets = {} if targets is None else targets
     raw_dtypes: Counter = Counter()
     memory = usable_memory_bytes()
+
+    def read_one(sample: Sample) -> None:
+        _refuse_if_too_large(sample, task, spatial_dims, memory)
+        image, target, raw_dtype = read_sample(sample, task, settings, spatial_dims)
+        raw_dtypes[raw_dtype] += 1
+        if target is not None:
+            targets[sample.id] = target
+        images[sample.id] = image
+
+    errors = _read_each(samples, read_one)
+    return images, targets, raw_dtypes, errors
+
+
+def _read_each(samples: list[Sample], read_one) -> list[str]:
+    """`read_one` on every sample, with progress every 50 images; returns the InputError messages, so
+    that every file's problem is reported at once rather than the first."""
+    errors: list[str] = []
     for index, sample in enumerate(samples):
         try:
-            _refuse_if_too_large(sample, task, spatial_dims, memory)
-            image, target, raw_dtype = read_sample(sample, task, settings, spatial_dims)
-            raw_dtypes[raw_dtype] += 1
-            if target is not None:
-                targets[sample.id] = target
-            images[sample.id] = image
+            read_one(sample)
         except InputError as error:
             errors.append(str(error))
         if (index + 1) % 50 == 0:
             log.info("read %d/%d images", index + 1, len(samples), extra=PROGRESS)
-    return images, targets, raw_dtypes, errors
+    return errors
 
 
 def _refuse_if_too_large(sample: Sample, task, spatial_dims: int, memory: int) -> None:
@@ -153,30 +164,27 @@ def read_tiles(
     spatial_dims = _spatial_dims(settings)
     budget = int(MEMORY_SHARE * usable_memory_bytes()) if whole_image_bytes is None else whole_image_bytes
     tiles: list[Sample] = []
-    errors: list[str] = []
     raw_dtypes: Counter = Counter()
-    for index, sample in enumerate(samples):
-        try:
-            with _opened_if_large(sample, task, settings, spatial_dims, budget) as large:
-                if large is None:
-                    image, target, raw_dtype = read_sample(sample, task, settings, spatial_dims)
-                    spatial_shape, cut = image.shape[1:], functools.partial(_cut_in_memory, image, target)
-                else:
-                    raw_dtype, spatial_shape = str(large[0].dtype), large[0].spatial_shape
-                    cut = functools.partial(_cut_lazily, *large, task, settings)
-                regions = tile_regions(sample, spatial_shape, layout["tile_size"], layout.get("test_right_fraction"))
-                for done, (tile, region) in enumerate(regions, start=1):
-                    images[tile.id], tile_target = cut(region)
-                    if tile_target is not None:
-                        targets[tile.id] = tile_target
-                    if large is not None and (done % 100 == 0 or done == len(regions)):
-                        log.info("%s: read %d/%d tiles", sample.id, done, len(regions), extra=PROGRESS)
-            raw_dtypes[raw_dtype] += 1
-            tiles.extend(tile for tile, _ in regions)
-        except InputError as error:
-            errors.append(str(error))
-        if (index + 1) % 50 == 0:
-            log.info("read %d/%d images", index + 1, len(samples), extra=PROGRESS)
+
+    def read_one(sample: Sample) -> None:
+        with _opened_if_large(sample, task, settings, spatial_dims, budget) as large:
+            if large is None:
+                image, target, raw_dtype = read_sample(sample, task, settings, spatial_dims)
+                spatial_shape, cut = image.shape[1:], functools.partial(_cut_in_memory, image, target)
+            else:
+                raw_dtype, spatial_shape = str(large[0].dtype), large[0].spatial_shape
+                cut = functools.partial(_cut_lazily, *large, task, settings)
+            regions = tile_regions(sample, spatial_shape, layout["tile_size"], layout.get("test_right_fraction"))
+            for done, (tile, region) in enumerate(regions, start=1):
+                images[tile.id], tile_target = cut(region)
+                if tile_target is not None:
+                    targets[tile.id] = tile_target
+                if large is not None and (done % 100 == 0 or done == len(regions)):
+                    log.info("%s: read %d/%d tiles", sample.id, done, len(regions), extra=PROGRESS)
+        raw_dtypes[raw_dtype] += 1
+        tiles.extend(tile for tile, _ in regions)
+
+    errors = _read_each(samples, read_one)
     right = layout.get("test_right_fraction")
     if right and not errors and not any(tile.subset == "test" for tile in tiles):
         raise InputError(
