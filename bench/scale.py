@@ -37,6 +37,12 @@ the demo images), cut into 512² training tiles (layout.tile_size; the rightmost
 `convert` reads it tile by tile (snakescope.convert.read.read_tiles), then it trains and predicts.
 
     .venv/bin/python bench/scale.py --slide-dataset 20000 --memory-cap-gb 3 --out /tmp/scale
+
+With --volume-side, it trains unet_small in 3D (one batch, 64³ patches) on 8 synthetic 96³ volumes of
+balls, then applies it to one grey volume of that side (a 3D TIFF written plane by plane), which
+`apply` reads lazily and predicts block by block, under the same cap.
+
+    .venv/bin/python bench/scale.py --volume-side 512 --memory-cap-gb 3 --out /tmp/volume
 """
 
 from __future__ import annotations
@@ -72,14 +78,15 @@ def memory_cgroup(cap_gb: float) -> Path:
 
 
 def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None,
-              shard: tuple[int, int] = (0, 0), tile_size: int = 0) -> tuple[float, float]:
+              shard: tuple[int, int] = (0, 0), tile_size: int = 0, spatial_dims: int = 2) -> tuple[float, float]:
     """Run `stage` in a child process (inside `cgroup` when given): (peak RSS in GiB, seconds).
     `shard`: (index, size) for the convert_shard and gather stages; `tile_size`: cut the images into
-    tiles of that side (layout.tile_size)."""
+    tiles of that side (layout.tile_size); `spatial_dims` 3: the set is of volumes."""
     started = time.perf_counter()
     enter = (lambda: (cgroup / "cgroup.procs").write_text(str(os.getpid()))) if cgroup else None
     child = subprocess.Popen([sys.executable, __file__, "--stage", stage, "--out", str(work), "--data-path", data_path,
-                              "--shard", str(shard[0]), "--shard-size", str(shard[1]), "--tile-size", str(tile_size)],
+                              "--shard", str(shard[0]), "--shard-size", str(shard[1]), "--tile-size", str(tile_size),
+                              "--spatial-dims", str(spatial_dims)],
                              preexec_fn=enter)
     _, status, usage = os.wait4(child.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -87,7 +94,8 @@ def run_stage(stage: str, work: Path, data_path: str, cgroup: Path | None = None
     return usage.ru_maxrss / 2**20, time.perf_counter() - started  # ru_maxrss is in KiB on Linux
 
 
-def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int = 0, tile_size: int = 0) -> None:
+def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int = 0, tile_size: int = 0,
+          spatial_dims: int = 2) -> None:
     """One stage, run in a child process (see `run_stage`)."""
     sys.path.insert(0, str(HERE.parent / "workflow" / "scripts"))
     import logging
@@ -98,7 +106,8 @@ def stage(name: str, work: Path, data_path: str, shard: int = 0, shard_size: int
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = {"task": "segmentation", "data_dir": str(work / "data"), "epochs": 1, "batch_size": 4,
-              "augmentations": ["flip"], "device": "cpu", "patch_size": [256, 256], "data_path": data_path}
+              "augmentations": ["flip"], "device": "cpu", "patch_size": [256, 256] if spatial_dims == 2 else [64] * 3,
+              "data_path": data_path}
     if tile_size:
         config["layout"] = {"tile_size": [tile_size, tile_size], "test_right_fraction": 0.2}
     (settings,) = resolve_datasets(config).values()
@@ -225,6 +234,63 @@ def measure_slide(slide_side: int, work: Path, cgroup: Path | None = None) -> di
     return row
 
 
+def write_ball_volumes(out: Path, n_volumes: int = 8, side: int = 96, seed: int = 0) -> Path:
+    """`n_volumes` grey side³ volumes of bright balls on a noisy background with their 0/1 masks (3D TIFFs,
+    the demo layout: image/ and groundtruth/); left alone if complete."""
+    import numpy as np
+    import tifffile
+
+    if (out / "image").is_dir() and len(list((out / "image").iterdir())) == n_volumes:
+        return out
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), axis=-1)
+    for folder in ("image", "groundtruth"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_volumes):
+        mask = np.zeros((side,) * 3, bool)
+        for _ in range(30):
+            centre, radius = rng.uniform(0, side, 3), rng.uniform(4, 10)
+            mask |= ((grid - centre) ** 2).sum(-1) < radius**2
+        image = np.clip(60 + 120 * mask + rng.normal(0, 25, mask.shape), 0, 255).astype(np.uint8)
+        tifffile.imwrite(out / "image" / f"volume_{i:02d}.tif", image)
+        tifffile.imwrite(out / "groundtruth" / f"volume_{i:02d}.tif", mask.astype(np.uint8))
+    return out
+
+
+def write_volume(path: Path, side: int, volumes: Path) -> None:
+    """A side³ grey 3D TIFF, written plane by plane: each plane the matching plane of the first volume in
+    `volumes`, repeated across Y and X."""
+    import numpy as np
+    import tifffile
+
+    source = tifffile.imread(sorted(volumes.glob("*.tif"))[0])
+    reps = -(-side // source.shape[1])
+    planes = (np.tile(source[z % len(source)], (reps, reps))[:side, :side] for z in range(side))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, planes, shape=(side, side, side), dtype=np.uint8, bigtiff=True)
+
+
+def measure_volume(side: int, root: Path, cgroup: Path | None = None) -> dict:
+    """Convert and train (one batch, unet_small, 64³ patches) on 8 synthetic 96³ volumes, then apply the
+    model to one side³ volume, each stage in its own process (inside `cgroup` when given)."""
+    import shutil
+
+    work = root / "volumes96"
+    write_ball_volumes(work / "data")
+    if not (work / "model.pt").exists():
+        for name in ("convert", "train"):
+            run_stage(name, work, "auto", cgroup, spatial_dims=3)
+    folder = work / f"volume{side}"
+    volume = folder / "slide" / f"volume{side}.tif"
+    if not volume.exists():
+        write_volume(volume, side, work / "data" / "image")
+    shutil.rmtree(folder / "applied", ignore_errors=True)
+    row = {"volume_side": side, "raw_GB": side**3 / 1e9, "file_GB": volume.stat().st_size / 1e9}
+    row["apply_GiB"], row["apply_s"] = run_stage("apply", folder, "auto", cgroup, spatial_dims=3)
+    row["output_GB"] = folder_bytes(folder / "applied") / 1e9
+    return row
+
+
 def measure_slide_dataset(slide_side: int, root: Path, cgroup: Path | None = None, tile: int = 512) -> dict:
     """Convert (tile by tile), train and predict a dataset of one slide_side² RGB slide with its mask, cut
     into training tiles of `tile`² (layout.tile_size; the rightmost fifth of the tiles is the test set)."""
@@ -267,15 +333,20 @@ def main() -> None:
     parser.add_argument("--slide-dataset", type=int,
                         help="instead: convert, train and predict one RGB slide of this side with its mask, in tiles")
     parser.add_argument("--tile-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--spatial-dims", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--volume-side", type=int,
+                        help="instead: apply a 3D U-Net to one grey volume of this side (a 3D TIFF), in blocks")
     parser.add_argument("--convert-only", action="store_true", help="measure convert (shards and gather) alone")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.stage:
-        stage(args.stage, args.out, args.data_path, args.shard, args.shard_size, args.tile_size)
+        stage(args.stage, args.out, args.data_path, args.shard, args.shard_size, args.tile_size, args.spatial_dims)
         return
     cgroup = memory_cgroup(args.memory_cap_gb) if args.memory_cap_gb else None
     try:
-        if args.slide_dataset:
+        if args.volume_side:
+            rows = [measure_volume(args.volume_side, args.out, cgroup)]
+        elif args.slide_dataset:
             rows = [measure_slide_dataset(args.slide_dataset, args.out, cgroup)]
         elif args.slide_side:
             work = args.out / f"n{args.sizes[0]}_side{args.side}"
