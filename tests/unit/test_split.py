@@ -155,6 +155,27 @@ def test_the_tiles_of_one_image_split_in_bands_from_the_right(caplog):
     assert "spans two splits" not in caplog.text
 
 
+def test_a_test_band_of_the_same_image_is_reported_as_the_layout_chose_it_not_as_a_leak(caplog):
+    caplog.set_level(logging.INFO, logger="snakescope")
+    # one image's 4 x 5 tiles, its rightmost column given as test (layout.test_right_fraction)
+    corners = [(y, x) for y in range(0, 40, 10) for x in range(0, 50, 10)]
+    samples = table([""] * 20, groups=["slide"] * 20)
+    samples["target"] = "/data/gt.tif"
+    samples["region"] = [f"y{y}:{y + 10},x{x}:{x + 10}" for y, x in corners]
+    samples["subset"] = ["test" if x == 40 else "" for _, x in corners]
+    split = make_split(samples, 0.2, 0.25, seed=0, stratify=False)
+    check_partition(split, samples)
+    assert sorted(split["test"]) == sorted(samples["id"][samples["subset"] == "test"])
+    assert "image(s) ['slide']: the test tiles are the band layout.test_right_fraction holds out" in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+    whole_images = table([""] * 8, groups=["a", "a", "b", "b", "c", "c", "d", "d"])
+    whole_images["target"] = "/data/gt.tif"
+    whole_images["subset"] = ["test", "", "", "", "", "", "", ""]
+    make_split(whole_images, 0.2, 0.25, seed=0, stratify=False)
+    assert "groups ['a'] have images both in the given test set and in training" in caplog.text
+
+
 def test_images_without_a_group():
     samples = table(["a"] * 6, groups=["g1", "g2", "g3", "g1", "", "g2"])
     with pytest.raises(InputError, match=r"1 image\(s\) have no group \(e.g. 's004'\)"):

@@ -92,7 +92,11 @@ def make_split(
         if user_test:
             test_groups = set(samples[samples["id"].isin(user_test)]["group"].astype(str)) - {""}
             shared = sorted(test_groups & set(groups))
-            if shared:
+            if shared and _all_tiles(samples[samples["group"].astype(str).isin(shared)]):
+                # only layout.test_right_fraction puts one image's tiles in both: a band, by design
+                log.info("image(s) %s: the test tiles are the band layout.test_right_fraction holds out on "
+                         "the right; training tiles border it along one edge", shared[:5])
+            elif shared:
                 log.warning(
                     "groups %s have images both in the given test set and in training; test results may "
                     "be optimistic",
