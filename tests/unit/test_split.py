@@ -137,14 +137,18 @@ def test_automatic_groups_fall_back_to_single_images_when_too_few(caplog):
     assert "only 1 group(s) ['field1']" in caplog.text
 
 
-def test_the_tiles_of_one_image_split_in_bands_from_the_right(caplog):
-    caplog.set_level(logging.INFO, logger="snakescope")
-    # 4 rows x 5 columns of 10-pixel tiles of one image (layout.tile_size, no test_right_fraction)
+def one_image_tiles() -> tuple[pd.DataFrame, dict[str, int]]:
+    """4 rows x 5 columns of 10-pixel tiles of one image (layout.tile_size), and each tile's x."""
     corners = [(y, x) for y in range(0, 40, 10) for x in range(0, 50, 10)]
     samples = table([""] * 20, groups=["slide"] * 20)
     samples["target"] = "/data/gt.tif"
     samples["region"] = [f"y{y}:{y + 10},x{x}:{x + 10}" for y, x in corners]
-    column = {f"s{i:03d}": x for i, (_, x) in enumerate(corners)}
+    return samples, {f"s{i:03d}": x for i, (_, x) in enumerate(corners)}
+
+
+def test_the_tiles_of_one_image_split_in_bands_from_the_right(caplog):
+    caplog.set_level(logging.INFO, logger="snakescope")
+    samples, column = one_image_tiles()  # no test_right_fraction
 
     for seed in (0, 1):
         split = make_split(samples, 0.2, 0.25, seed=seed, stratify=False)
@@ -157,12 +161,8 @@ def test_the_tiles_of_one_image_split_in_bands_from_the_right(caplog):
 
 def test_a_test_band_of_the_same_image_is_reported_as_the_layout_chose_it_not_as_a_leak(caplog):
     caplog.set_level(logging.INFO, logger="snakescope")
-    # one image's 4 x 5 tiles, its rightmost column given as test (layout.test_right_fraction)
-    corners = [(y, x) for y in range(0, 40, 10) for x in range(0, 50, 10)]
-    samples = table([""] * 20, groups=["slide"] * 20)
-    samples["target"] = "/data/gt.tif"
-    samples["region"] = [f"y{y}:{y + 10},x{x}:{x + 10}" for y, x in corners]
-    samples["subset"] = ["test" if x == 40 else "" for _, x in corners]
+    samples, column = one_image_tiles()
+    samples["subset"] = ["test" if column[i] == 40 else "" for i in samples["id"]]  # test_right_fraction
     split = make_split(samples, 0.2, 0.25, seed=0, stratify=False)
     check_partition(split, samples)
     assert sorted(split["test"]) == sorted(samples["id"][samples["subset"] == "test"])
