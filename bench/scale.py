@@ -221,15 +221,21 @@ def write_slide(path: Path, side: int, images: Path, tile: int = 512) -> None:
 
 def measure_slide(slide_side: int, work: Path, cgroup: Path | None = None) -> dict:
     """Apply the model trained in `work` (by `measure`) to one slide_side² RGB image."""
-    import shutil
-
     folder = work / f"slide{slide_side}"  # the apply stage's work folder; the model is in `work`
     slide = folder / "slide" / f"slide{slide_side}.tif"
     if not slide.exists():
         write_slide(slide, slide_side, work / "data" / "image")
-    shutil.rmtree(folder / "applied", ignore_errors=True)
     row = {"slide_side": slide_side, "raw_GB": slide_side**2 * 3 / 1e9, "file_GB": slide.stat().st_size / 1e9}
-    row["apply_GiB"], row["apply_s"] = run_stage("apply", folder, "auto", cgroup)
+    return measure_apply(folder, row, cgroup)
+
+
+def measure_apply(folder: Path, row: dict, cgroup: Path | None = None, spatial_dims: int = 2) -> dict:
+    """`row` with the apply stage's peak RSS, time and output size, for the image in `folder`/slide (the
+    model in `folder`'s parent), its earlier outputs removed first."""
+    import shutil
+
+    shutil.rmtree(folder / "applied", ignore_errors=True)
+    row["apply_GiB"], row["apply_s"] = run_stage("apply", folder, "auto", cgroup, spatial_dims=spatial_dims)
     row["output_GB"] = folder_bytes(folder / "applied") / 1e9
     return row
 
@@ -273,8 +279,6 @@ def write_volume(path: Path, side: int, volumes: Path) -> None:
 def measure_volume(side: int, root: Path, cgroup: Path | None = None) -> dict:
     """Convert and train (one batch, unet_small, 64³ patches) on 8 synthetic 96³ volumes, then apply the
     model to one side³ volume, each stage in its own process (inside `cgroup` when given)."""
-    import shutil
-
     work = root / "volumes96"
     write_ball_volumes(work / "data")
     if not (work / "model.pt").exists():
@@ -284,11 +288,8 @@ def measure_volume(side: int, root: Path, cgroup: Path | None = None) -> dict:
     volume = folder / "slide" / f"volume{side}.tif"
     if not volume.exists():
         write_volume(volume, side, work / "data" / "image")
-    shutil.rmtree(folder / "applied", ignore_errors=True)
     row = {"volume_side": side, "raw_GB": side**3 / 1e9, "file_GB": volume.stat().st_size / 1e9}
-    row["apply_GiB"], row["apply_s"] = run_stage("apply", folder, "auto", cgroup, spatial_dims=3)
-    row["output_GB"] = folder_bytes(folder / "applied") / 1e9
-    return row
+    return measure_apply(folder, row, cgroup, spatial_dims=3)
 
 
 def measure_slide_dataset(slide_side: int, root: Path, cgroup: Path | None = None, tile: int = 512) -> dict:

@@ -75,7 +75,6 @@ def test_an_image_too_large_for_memory_is_predicted_block_by_block_as_whole(smal
     32-pixel patch)."""
     import zarr
 
-
     root, folder, prepared = small_run("segmentation")
     tiles = [tifffile.imread(path) for path in sorted((folder / "image").glob("*.tif"))]
     tiles = [tiles[i % len(tiles)] for i in range(25)]
@@ -110,7 +109,6 @@ def test_an_image_too_large_for_memory_is_predicted_block_by_block_as_whole(smal
 def test_a_regression_image_too_large_for_memory_is_predicted_block_by_block_as_whole(small_run, tmp_path,
                                                                                       monkeypatch):
     import zarr
-
 
     root, folder, _ = small_run("regression")  # 48 x 48 float images, patch 32: blocks of 24 with margins of 48
     images = new_images(folder, tmp_path / "new")

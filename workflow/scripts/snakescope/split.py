@@ -107,8 +107,9 @@ def make_split(
         rng_seed = seed * 1000 + salt
         frame_groups = frame["group"].astype(str)
         n_groups = frame_groups.nunique()
+        n_held = min(len(frame) - 1, max(1, round(fraction * len(frame))))  # images, when split as single ones
         if grouped and n_groups < 2 and _all_tiles(frame):
-            return _band_from_the_right(frame, min(len(frame) - 1, max(1, round(fraction * len(frame)))))
+            return _band_from_the_right(frame, n_held)
         if grouped and n_groups < 2:
             log.warning(
                 "only %d group(s) %s left to split %d images; splitting them as single images, so one group "
@@ -122,7 +123,6 @@ def make_split(
             splitter = GroupShuffleSplit(n_splits=1, test_size=n_held_groups, random_state=rng_seed)
             keep, held = next(splitter.split(frame, groups=frame_groups))
             return frame.iloc[keep], frame.iloc[held]
-        n_held = min(len(frame) - 1, max(1, round(fraction * len(frame))))
         labels = frame["label"].astype(str)
         counts = Counter(labels)
         if stratify and len(counts) > 1:
