@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,8 +55,8 @@ def measure(model_name: str, side: int, patch: int, channels: int, classes: int,
             sample_dropout(model, image, plan, mc_samples, task.mc_rows_per_pass,
                            activation=lambda logits: torch.softmax(logits, dim=1))
 
-    predict_s = benchlib.median(time_calls(predict, repeats))
-    sample_s = benchlib.median(time_calls(sample, max(1, repeats // 2)))
+    predict_s = benchlib.median(benchlib.time_calls(predict, torch.device("cpu"), repeats))
+    sample_s = benchlib.median(benchlib.time_calls(sample, torch.device("cpu"), max(1, repeats // 2)))
     unit = windows * cost.forward_seconds_per_sample  # one pass over the image at the measured forward time
     return {
         "model": model_name, "side": side, "patch": patch, "windows": windows,
@@ -66,16 +65,6 @@ def measure(model_name: str, side: int, patch: int, channels: int, classes: int,
         "estimate_s": estimate, "measured_s": predict_s + sample_s,
         "measured_per_estimate": (predict_s + sample_s) / estimate,
     }
-
-
-def time_calls(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main(argv: list[str] | None = None) -> dict:

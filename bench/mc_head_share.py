@@ -11,20 +11,17 @@ would cost only that stage: 20 samples would cost about 1 + 19 x (its share) pas
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
-import torch
-from monai.networks.nets import SegResNet
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+import torch  # noqa: E402
+from monai.networks.nets import SegResNet  # noqa: E402
 
 
 def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    return benchlib.median(benchlib.time_calls(run, torch.device("cpu"), repeats))
 
 
 @torch.no_grad()
