@@ -1,14 +1,15 @@
 """The time budget's inference estimate against measured prediction and MC-dropout sampling.
 
 Under `time_budget_minutes` the planner leaves each run time for its prediction and uncertainty
-(`snakescope.planner.inference_seconds`): the forward time of one patch that `measure_step` measures,
-times the sliding windows of a test image, times the passes (one, plus `mc_samples`), times
+(`snakescope.planner.inference_seconds`): the forward time of one patch that `measure_step` measures
+(and, for a network that samples only its head, the head's time), times the sliding windows of a test
+image, times the passes (one, plus `mc_samples` whole passes or one pass and `mc_samples` heads), times
 SLIDING_WINDOW_COST for what the window blending and the sampling's bookkeeping add. This script makes
 that constant reproducible: per model, it measures the planner's forward time, then times one
 prediction (`engine.inference.predict_logits`, as `predict` runs it) and one MC-dropout sampling
 (`engine.inference.sample_dropout`, as `uncertainty` runs it) of a random image of --side pixels, and
-prints each as a multiple of windows x passes x forward: the cost factor that SLIDING_WINDOW_COST
-stands for.
+prints each as a multiple of the planner's estimate before SLIDING_WINDOW_COST: the cost factor
+that SLIDING_WINDOW_COST stands for.
 
     .venv/bin/python bench/budget_estimates.py --models segresnet unet_small --side 512 --patch 256
 """
@@ -40,6 +41,7 @@ def measure(model_name: str, side: int, patch: int, channels: int, classes: int,
     settings = {"uncertainty": True, "mc_samples": mc_samples}
     windows = math.prod(math.ceil(max(side - patch, 0) / step) + 1 for step in window_step(sample_shape))
     estimate = inference_seconds(cost, fingerprint, settings, sample_shape)
+    predict_estimate = inference_seconds(cost, fingerprint, {**settings, "uncertainty": False}, sample_shape)
 
     spec = ModelSpec(model_name, task.name, channels, classes, 2, image_size=(patch, patch))
     model = build_model(spec).eval()
@@ -57,11 +59,14 @@ def measure(model_name: str, side: int, patch: int, channels: int, classes: int,
 
     predict_s = benchlib.median(benchlib.time_calls(predict, torch.device("cpu"), repeats))
     sample_s = benchlib.median(benchlib.time_calls(sample, torch.device("cpu"), max(1, repeats // 2)))
-    unit = windows * cost.forward_seconds_per_sample  # one pass over the image at the measured forward time
+    # the planner's estimates without SLIDING_WINDOW_COST: the measured forward (and head) time per window
+    predict_unit = predict_estimate / SLIDING_WINDOW_COST
+    mc_unit = (estimate - predict_estimate) / SLIDING_WINDOW_COST
     return {
         "model": model_name, "side": side, "patch": patch, "windows": windows,
-        "forward_s": cost.forward_seconds_per_sample, "predict_s": predict_s, "mc_s": sample_s,
-        "predict_factor": predict_s / unit, "mc_factor": sample_s / (mc_samples * unit),
+        "forward_s": cost.forward_seconds_per_sample, "head_s": cost.head_seconds_per_sample,
+        "predict_s": predict_s, "mc_s": sample_s,
+        "predict_factor": predict_s / predict_unit, "mc_factor": sample_s / mc_unit,
         "estimate_s": estimate, "measured_s": predict_s + sample_s,
         "measured_per_estimate": (predict_s + sample_s) / estimate,
     }

@@ -1,9 +1,10 @@
-"""What a head-only MC dropout would save on SegResNet: the time of the whole network against the time of
-its last decoder stage and final convolution, on a batch of sliding-window patches.
+"""What head-only MC dropout saves on SegResNet: the time of the whole network against that of the head
+it samples (`sampling_split()`: its last decoder stage and final convolution), on a batch of
+sliding-window patches.
 
-SegResNet's one dropout layer follows its first convolution, so each of the 20 MC samples runs the whole
-network. Were the dropout before the last decoder stage instead, the rest would run once and each sample
-would cost only that stage: 20 samples would cost about 1 + 19 x (its share) passes.
+SegResNet's dropout sits before its last decoder stage, so `engine.inference.sample_dropout` runs the
+trunk once and the head once per sample: 20 samples cost about 1 + 20 x (the head's share) passes, where
+MONAI's placement (dropout after the first convolution) made each sample a whole pass.
 
     .venv/bin/python bench/mc_head_share.py            # 16 patches of 128², two threads (ISBI's plan)
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import torch  # noqa: E402
-from monai.networks.nets import SegResNet  # noqa: E402
+
+from snakescope.engine.models import ModelSpec, build_model  # noqa: E402
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -35,27 +37,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = SegResNet(spatial_dims=2, in_channels=1, out_channels=2, init_filters=16, dropout_prob=0.3).eval()
+    net = build_model(ModelSpec("segresnet", "segmentation", 1, 2, dropout=0.3)).eval()
+    trunk, head = net.sampling_split()
     x = torch.randn(args.patches, 1, args.side, args.side)
-    # the encoder and all decoder stages but the last, run once (as MONAI's SegResNet.decode runs them)
-    skips = []
-    h = net.convInit(x)
-    for down in net.down_layers:
-        h = down(h)
-        skips.append(h)
-    skips.reverse()
-    h = skips[0]
-    for i in range(len(net.up_layers) - 1):
-        h = net.up_layers[i](net.up_samples[i](h) + skips[i + 1])
-    last_up, last_layer, last_skip = net.up_samples[-1], net.up_layers[-1], skips[-1]
+    features = trunk(x)
 
     whole = median_seconds(lambda: net(x), args.repeats)
-    last_stage = median_seconds(lambda: net.conv_final(last_layer(last_up(h) + last_skip)), args.repeats)
-    share = last_stage / whole
+    head_only = median_seconds(lambda: head(features), args.repeats)
+    share = head_only / whole
     print(f"{args.patches} patches of {args.side}², {args.threads} threads: whole network {whole * 1000:.0f} ms, "
-          f"last decoder stage + final convolution {last_stage * 1000:.0f} ms ({share:.0%})")
-    print(f"{args.samples} MC samples: {args.samples} passes today, about {1 + (args.samples - 1) * share:.1f} "
-          "with the dropout before the last stage")
+          f"head (last decoder stage + final convolution) {head_only * 1000:.0f} ms ({share:.0%})")
+    print(f"{args.samples} MC samples: about {1 + args.samples * share:.1f} passes, "
+          f"{args.samples} with the dropout after the first convolution")
 
 
 if __name__ == "__main__":

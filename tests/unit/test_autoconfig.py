@@ -168,6 +168,10 @@ def test_inference_is_estimated_from_windows_passes_and_test_images(tmp_path):
     # a classifier's MC samples reuse the backbone's features: one more pass
     classification = fingerprint(task="classification", side=64)
     assert inference_seconds(cost, classification, settings, [64, 64]) == pytest.approx(20 * 2 * 0.002)
+    # a network that samples only its head: one pass, then the head's time per sample
+    head_only = StepCost(0.01, None, None, forward_seconds_per_sample=0.002, head_seconds_per_sample=0.0005)
+    assert inference_seconds(head_only, segmentation, settings, [128, 128]) == pytest.approx(
+        20 * 9 * 1.5 * (0.002 + 0.002 + 20 * 0.0005))
 
 
 def test_the_time_budget_is_shared_between_the_trainings_and_reaches_each(tmp_path):
@@ -205,6 +209,9 @@ def test_measure_step_times_a_real_training_step():
     assert 0 < cost.seconds_per_sample < 5
     assert 0 < cost.forward_seconds_per_sample < cost.seconds_per_sample  # no backward pass, no optimiser
     assert cost.bytes_per_sample is None  # memory is measured on a GPU only
+    assert cost.head_seconds_per_sample is None  # MC dropout samples the whole U-Net
+    head_only = measure_step("segresnet", fingerprint(task="segmentation"), [32, 32], "cpu")
+    assert 0 < head_only.head_seconds_per_sample < head_only.forward_seconds_per_sample
 
 
 def fake_measure(model, fp, shape, device):

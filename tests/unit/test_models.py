@@ -110,3 +110,46 @@ def test_load_pretrained_adapts_first_conv_to_other_channels(name, tmp_path):
     assert all(not s.startswith(first_conv) for s in skipped)
     # the 1000-class layer does not fit 4 classes; it is the only kind of tensor skipped
     assert skipped and all("head" not in s and ("classifier" in s) for s in skipped)
+
+
+def test_segresnet_is_monais_with_its_dropout_moved_to_the_last_decoder_stage():
+    from monai.networks.nets import SegResNet
+
+    for dims in (2, 3):
+        ours = build_model(ModelSpec("segresnet", "segmentation", 1, 2, spatial_dims=dims, dropout=0.3)).eval()
+        monai = SegResNet(spatial_dims=dims, in_channels=1, out_channels=2, init_filters=16, dropout_prob=0.3).eval()
+        monai.load_state_dict(ours.state_dict())  # same weights under the same names: checkpoints carry over
+        x = torch.randn(1, 1, *[16] * dims)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), monai(x))
+        assert [m.p for m in dropout_modules(ours)] == [ours.head_dropout.p] == [0.3]
+
+
+def test_head_sampling_draws_each_sample_from_one_trunk_pass():
+    from snakescope.engine.inference import predict_logits, sample_dropout
+
+    model = build_model(ModelSpec("segresnet", "segmentation", 1, 2, dropout=0.5))
+    images = torch.randn(2, 1, SIDE, SIDE)
+    torch.manual_seed(1)
+    sampled = sample_dropout(model, images, {"patch_size": None}, 3, 16)
+    # the same dropout masks drawn by hand, in the same order: the trunk once, the head three times
+    trunk, head = model.sampling_split()
+    model.eval()
+    model.head_dropout.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        features = trunk(images)
+        expected = torch.stack([head(features) for _ in range(3)])
+    model.eval()
+    assert sampled.shape == (3, 2, 2, SIDE, SIDE)
+    torch.testing.assert_close(sampled, expected)
+    assert not torch.equal(sampled[0], sampled[1])
+    # through a sliding window, with dropout off, every sample is the window's prediction
+    model.head_dropout.p = 0.0
+    plan = {"patch_size": [16, 16]}
+    windowed = sample_dropout(model, images, plan, 4, 3, activation=lambda logits: logits.softmax(1))
+    with torch.no_grad():
+        prediction = predict_logits(model.eval(), images, plan).softmax(1)
+    assert windowed.shape == (4, 2, 2, SIDE, SIDE)
+    for sample in windowed:
+        torch.testing.assert_close(sample, prediction)

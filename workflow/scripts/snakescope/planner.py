@@ -35,13 +35,12 @@ log = logging.getLogger(__name__)
 MAX_PATCH = {("cuda", 2): 256, ("cpu", 2): 128, ("cuda", 3): 128, ("cpu", 3): 64}
 MIN_PATCH = {2: 32, 3: 16}
 GPU_MEMORY_SHARE = 0.8  # of the GPU's memory the planner fills; the rest is for the allocator and cuDNN
-# What a time budget must leave besides training, measured on two CPU cores (ISBI in docs/peers.md):
-# the dataset's conversion, planning, split, augmentation preview and summary (about 25 s with
-# Snakemake's start), and each run's fixed costs: the start-up (PyTorch and MONAI imports), outputs and
-# timing of its jobs (`overhead_seconds_per_run`). Prediction and uncertainty themselves are estimated
-# from the measured forward pass (`inference_seconds`), times SLIDING_WINDOW_COST for the window blending
-# and sampling bookkeeping (bench/budget_estimates.py: about 1.1x for a prediction, 2.1-2.9x for an MC
-# pass, on 512^2 images; docs/autoconfig.md).
+# What a time budget must leave besides training, measured on two CPU cores (ISBI in docs/peers.md): the
+# dataset's conversion, planning, split, augmentation preview and summary (about 25 s with Snakemake's
+# start), and each run's fixed costs: start-up (PyTorch and MONAI imports), outputs and timing of its jobs
+# (`overhead_seconds_per_run`). Prediction and uncertainty are estimated from measured passes
+# (`inference_seconds`) times SLIDING_WINDOW_COST for blending and bookkeeping (bench/budget_estimates.py,
+# 512^2 images: 1.1x for a prediction, 2.2x for a U-Net's MC passes, 1.1x for SegResNet's pass and heads).
 OVERHEAD_SECONDS_PER_DATASET = 25.0
 OVERHEAD_SECONDS_PER_RUN = {"train, predict, evaluate": 25.0, "uncertainty": 12.0, "export": 13.0}
 SLIDING_WINDOW_COST = 1.5
@@ -107,6 +106,7 @@ class StepCost:
     bytes_per_sample: float | None  # GPU only: measured peak memory per extra sample
     fixed_bytes: float | None  # GPU only: weights, optimiser state, workspace
     forward_seconds_per_sample: float | None = None  # inference (no gradients) of one sample
+    head_seconds_per_sample: float | None = None  # its head, for a network sampled head only (None: whole)
 
 
 def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], device: str,
@@ -130,8 +130,11 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
     loss_fn = task.loss(task.losses[0])
     generator = torch.Generator().manual_seed(0)
 
+    def random_images(batch: int):
+        return torch.rand((batch, fingerprint["channels"], *sample_shape), generator=generator).to(torch_device)
+
     def step(batch: int) -> float:
-        image = torch.rand((batch, fingerprint["channels"], *sample_shape), generator=generator).to(torch_device)
+        image = random_images(batch)
         target = task.dummy_target(batch, spec.out_channels, sample_shape, generator).to(torch_device)
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -141,11 +144,11 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    def forward(batch: int) -> float:
-        image = torch.rand((batch, fingerprint["channels"], *sample_shape), generator=generator).to(torch_device)
+    def forward(batch: int, network=model, image=None) -> float:
+        image = random_images(batch) if image is None else image
         start = time.perf_counter()
         with torch.no_grad():
-            model(image)
+            network(image)
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -162,10 +165,13 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
     seconds = min(step(large) for _ in range(2)) / large
     model.eval()
     forward_seconds = min(forward(large) for _ in range(2)) / large
+    split = model.sampling_split() if hasattr(model, "sampling_split") else None  # MC: the trunk once, the head per sample
+    features = split and torch.no_grad()(split[0])(random_images(large))
+    head_seconds = split and min(forward(large, split[1], features) for _ in range(2)) / large
     if device != "cuda":
-        return StepCost(seconds, None, None, forward_seconds)
+        return StepCost(seconds, None, None, forward_seconds, head_seconds)
     per_sample = max(1.0, (peaks[1] - peaks[0]) / (large - small))
-    return StepCost(seconds, per_sample, max(0.0, peaks[0] - small * per_sample), forward_seconds)
+    return StepCost(seconds, per_sample, max(0.0, peaks[0] - small * per_sample), forward_seconds, head_seconds)
 
 
 def plan_batch_size(task_name: str, cost: StepCost, resources: Resources, n_train: int,
@@ -223,23 +229,24 @@ def n_test_images(fingerprint: dict, settings: dict) -> int:
 
 
 def inference_seconds(cost: StepCost, fingerprint: dict, settings: dict, sample_shape: list[int]) -> float:
-    """Estimated seconds of one run's prediction and Monte-Carlo uncertainty on the test set: the
-    measured forward time of a sample (a third of a training step where it was not measured) times the
-    test images and, for dense tasks, the sliding windows of a median test image (times
-    SLIDING_WINDOW_COST) and the passes: one, plus `mc_samples` with `uncertainty`. A whole-image task
-    samples only its classifier's head (`engine.inference.sample_dropout`): one pass more."""
+    """Estimated seconds of one run's prediction and MC uncertainty on the test set: a measured forward
+    pass (a third of a training step where not measured), and with `uncertainty` `mc_samples` passes, or
+    one and as many heads for a network sampled head only (`engine.inference.sample_dropout`), times the
+    test images and, for dense tasks, the windows of a median test image and SLIDING_WINDOW_COST."""
     from snakescope.engine.inference import window_step
 
     forward = cost.forward_seconds_per_sample or cost.seconds_per_sample / 3
-    uncertainty = settings.get("uncertainty", True)
-    if not get_task(fingerprint["task"]).dense:
-        return n_test_images(fingerprint, settings) * (1 + uncertainty) * forward
+    dense, head, samples = get_task(fingerprint["task"]).dense, cost.head_seconds_per_sample, settings.get("mc_samples", 20)
+    # a classifier's head is one linear layer: nothing where it was not measured
+    sampling = samples * forward if head is None and dense else forward + samples * (head or 0.0)
+    per_window = forward + (sampling if settings.get("uncertainty", True) else 0.0)
+    if not dense:
+        return n_test_images(fingerprint, settings) * per_window
     windows = 1
     for side, patch, step in zip(fingerprint["shape_median"][-len(sample_shape):], sample_shape,
                                  window_step(sample_shape)):
         windows *= math.ceil(max(side - patch, 0) / step) + 1
-    passes = 1 + (settings.get("mc_samples", 20) if uncertainty else 0)
-    return n_test_images(fingerprint, settings) * windows * passes * forward * SLIDING_WINDOW_COST
+    return n_test_images(fingerprint, settings) * windows * per_window * SLIDING_WINDOW_COST
 
 
 def overhead_seconds_per_run(settings: dict) -> float:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from snakescope.engine.networks import Classifier, TemperatureScaled, dropout_modules, enable_mc_dropout
+from snakescope.engine.networks import TemperatureScaled, enable_mc_dropout
 
 WINDOW_OVERLAP = 0.25  # of the sliding window's patches, along each axis
 
@@ -37,10 +37,6 @@ def window_step(patch_size: list[int]) -> list[int]:
     return [max(1, int(p * (1 - WINDOW_OVERLAP))) for p in patch_size]
 
 
-def _has_active_dropout(module: torch.nn.Module) -> bool:
-    return any(layer.p > 0 for layer in dropout_modules(module))
-
-
 @torch.no_grad()
 def sample_dropout(
     model: torch.nn.Module,
@@ -53,30 +49,37 @@ def sample_dropout(
     """`samples` MC-dropout outputs for a batch (N, C, *spatial): returns (samples, N, K, *spatial) float32
     on the CPU, after `activation` (e.g. a softmax over the class axis 1) when given.
 
-    The images are repeated along the batch axis so several samples run in one pass, at most
-    `rows_per_pass` rows (and, with a sliding window, as many windows) per pass; each row draws its own
-    dropout masks, and the networks normalise per image (instance norm) or with fixed statistics (batch
-    norm in eval mode), so a batch of samples equals the same samples one by one.
+    A network whose dropout sits only in a head (`sampling_split()`: classifiers, SegResNet) runs its
+    trunk once per image or window, `rows_per_pass` windows a pass as a prediction does, and its head
+    `samples` times on the trunk's output, the samples stacked along the channel axis so that a sliding
+    window blends each sample as it blends a prediction. Exact, and 20 samples of a classifier cost about
+    one pass, of SegResNet about six.
 
-    A `Classifier` whose backbone has no active dropout computes its features once in eval mode and
-    samples only the dropout head, all samples in one call: exact, and 20 samples cost about one pass.
+    Any other network runs whole for every sample: the images are repeated along the batch axis so several
+    samples run in one pass, at most `rows_per_pass` rows (and, with a sliding window, as many windows)
+    per pass; each row draws its own dropout masks, and the networks normalise per image (instance norm)
+    or with fixed statistics (batch norm in eval mode), so a batch of samples equals the same samples one
+    by one.
     """
     activation = activation or (lambda output: output)
     n = images.shape[0]
     network, temperature = (model.network, model.temperature) if isinstance(model, TemperatureScaled) else (model, 1.0)
-    if isinstance(network, Classifier) and not _has_active_dropout(network.features):
-        network.eval()
-        features = network.features(images)
-        network.head.train()  # only Dropout in the head reacts to train mode
-        try:
-            output = network.head(features.repeat(samples, *([1] * (features.ndim - 1)))) / temperature
-        finally:
-            network.eval()
-        return activation(output.float()).view(samples, n, -1).cpu()
+    split = network.sampling_split() if hasattr(network, "sampling_split") else None
     enable_mc_dropout(model)
-    per_pass = max(1, rows_per_pass // max(n, 1))
-    outputs = []
     try:
+        if split is not None:
+            trunk, head = split
+
+            def head_samples(x: torch.Tensor) -> torch.Tensor:  # (B, C, ...) -> (B, samples * K, ...)
+                features = trunk(x)
+                return torch.cat([head(features) / temperature for _ in range(samples)], dim=1)
+
+            stacked = predict_logits(head_samples, images, plan, batch_size=rows_per_pass).float()
+            per_sample = stacked.view(n, samples, -1, *stacked.shape[2:]).transpose(0, 1)
+            output = activation(per_sample.reshape(samples * n, *per_sample.shape[2:]))
+            return output.view(samples, n, *output.shape[1:]).cpu()
+        per_pass = max(1, rows_per_pass // max(n, 1))
+        outputs = []
         for start in range(0, samples, per_pass):
             k = min(per_pass, samples - start)
             batch = images.repeat(k, *([1] * (images.ndim - 1)))

@@ -149,7 +149,7 @@ MODELS: dict[str, ModelEntry] = {
         patch_multiple=16, min_side=16, min_largest_side=16,
     ),
     "segresnet": ModelEntry(
-        network("segresnet"), DENSE, (2, 3), "SegResNet, 16 initial filters", patch_multiple=8, min_side=8, min_largest_side=8
+        network("segresnet"), DENSE, (2, 3), "SegResNet, 16 initial filters, dropout before the last decoder stage", patch_multiple=8, min_side=8, min_largest_side=8
     ),
     # instance segmentation only: trained from boxes and masks by the task's detector hooks
     "maskrcnn": ModelEntry(
