@@ -6,7 +6,8 @@
   otherwise) and ``<id>_mask.tif`` (uint8 class indices, YX; ZYX for volumes). Two-class masks are
   thresholded with Otsu's method on the foreground probability, as InstantDL does, or at a fixed
   threshold from the config; more classes take the most probable one.
-* uncertainty: MC dropout through the whole network, the samples batched; the normalised entropy of the
+* uncertainty: MC dropout (`engine.inference.sample_dropout`: SegResNet samples only its last decoder
+  stage, the U-Nets their whole network, the samples batched); the normalised entropy of the
   mean probabilities per pixel (``<id>_uncertainty.tif``).
 * evaluate: pixel accuracy, mean IoU and Dice (all classes present, and foreground only), beside the most
   frequent training class everywhere as trivial baseline.
