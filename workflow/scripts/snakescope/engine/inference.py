@@ -53,7 +53,7 @@ def sample_dropout(
     trunk once per image or window, `rows_per_pass` windows a pass as a prediction does, and its head
     `samples` times on the trunk's output, the samples stacked along the channel axis so that a sliding
     window blends each sample as it blends a prediction. Exact, and 20 samples of a classifier cost about
-    one pass, of SegResNet about six.
+    one pass, of SegResNet about four (128² windows, two CPU threads; bench/budget_estimates.py).
 
     Any other network runs whole for every sample: the images are repeated along the batch axis so several
     samples run in one pass, at most `rows_per_pass` rows (and, with a sliding window, as many windows)
