@@ -52,6 +52,11 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """The median of `time_calls`."""
+    return median(time_calls(fn, device, repeats, warmup))
+
+
 def reset_peak(device: torch.device) -> int:
     """Reset the peak-memory counter; returns the bytes allocated now."""
     if device.type != "cuda":

@@ -57,8 +57,8 @@ def measure(model_name: str, side: int, patch: int, channels: int, classes: int,
             sample_dropout(model, image, plan, mc_samples, task.mc_rows_per_pass,
                            activation=lambda logits: torch.softmax(logits, dim=1))
 
-    predict_s = benchlib.median(benchlib.time_calls(predict, torch.device("cpu"), repeats))
-    sample_s = benchlib.median(benchlib.time_calls(sample, torch.device("cpu"), max(1, repeats // 2)))
+    predict_s = benchlib.median_seconds(predict, torch.device("cpu"), repeats)
+    sample_s = benchlib.median_seconds(sample, torch.device("cpu"), max(1, repeats // 2))
     # the planner's estimates without SLIDING_WINDOW_COST: the measured forward (and head) time per window
     predict_unit = predict_estimate / SLIDING_WINDOW_COST
     mc_unit = (estimate - predict_estimate) / SLIDING_WINDOW_COST

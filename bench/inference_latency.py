@@ -72,16 +72,9 @@ def measure(name: str, args, device: torch.device) -> dict:
 
     warmup = 1 if args.small else 10
     row = {"model": name, "parameters_M": n_parameters / 1e6}
-    row["latency_b1_fp32_ms"] = 1e3 * benchlib.median(
-        benchlib.time_calls(lambda: forward(one, False), device, args.repeats, warmup=warmup)
-    )
+    row["latency_b1_fp32_ms"] = 1e3 * benchlib.median_seconds(lambda: forward(one, False), device, args.repeats, warmup)
     row["latency_b1_bf16_ms"] = (
-        1e3
-        * benchlib.median(
-            benchlib.time_calls(lambda: forward(one, True), device, args.repeats, warmup=warmup)
-        )
-        if bf16
-        else None
+        1e3 * benchlib.median_seconds(lambda: forward(one, True), device, args.repeats, warmup) if bf16 else None
     )
     base = benchlib.reset_peak(device)
     if cuda:
@@ -89,14 +82,8 @@ def measure(name: str, args, device: torch.device) -> dict:
     batch = torch.randn(args.batch, 3, args.size, args.size, device=device)
     if cuda:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    seconds = benchlib.median(
-        benchlib.time_calls(
-            lambda: forward(batch, bf16),
-            device,
-            5 if not args.small else 1,
-            warmup=3 if not args.small else 1,
-        )
-    )
+    seconds = benchlib.median_seconds(lambda: forward(batch, bf16), device, 5 if not args.small else 1,
+                                      warmup=3 if not args.small else 1)
     row["throughput_images_per_s"] = args.batch / seconds
     row["throughput_precision"] = "bf16" if bf16 else "fp32"
     row["peak_gib"] = benchlib.peak_gib(device, base)

@@ -22,10 +22,6 @@ import torch  # noqa: E402
 from snakescope.engine.models import ModelSpec, build_model  # noqa: E402
 
 
-def median_seconds(run, repeats: int) -> float:
-    return benchlib.median(benchlib.time_calls(run, torch.device("cpu"), repeats))
-
-
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,8 +38,9 @@ def main() -> None:
     x = torch.randn(args.patches, 1, args.side, args.side)
     features = trunk(x)
 
-    whole = median_seconds(lambda: net(x), args.repeats)
-    head_only = median_seconds(lambda: head(features), args.repeats)
+    cpu = torch.device("cpu")
+    whole = benchlib.median_seconds(lambda: net(x), cpu, args.repeats)
+    head_only = benchlib.median_seconds(lambda: head(features), cpu, args.repeats)
     share = head_only / whole
     print(f"{args.patches} patches of {args.side}², {args.threads} threads: whole network {whole * 1000:.0f} ms, "
           f"head (last decoder stage + final convolution) {head_only * 1000:.0f} ms ({share:.0%})")

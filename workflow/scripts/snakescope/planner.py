@@ -120,6 +120,7 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
     import torch
 
     from snakescope.engine.models import ModelSpec, build_model
+    from snakescope.engine.networks import sampling_split
 
     task = get_task(fingerprint["task"])
     spec = ModelSpec(model_name, task.name, fingerprint["channels"], task.out_channels(fingerprint),
@@ -165,7 +166,7 @@ def measure_step(model_name: str, fingerprint: dict, sample_shape: list[int], de
     seconds = min(step(large) for _ in range(2)) / large
     model.eval()
     forward_seconds = min(forward(large) for _ in range(2)) / large
-    split = model.sampling_split() if hasattr(model, "sampling_split") else None  # MC: the trunk once, the head per sample
+    split = sampling_split(model)  # MC dropout will run the trunk once and the head per sample
     features = split and torch.no_grad()(split[0])(random_images(large))
     head_seconds = split and min(forward(large, split[1], features) for _ in range(2)) / large
     if device != "cuda":
@@ -237,8 +238,7 @@ def inference_seconds(cost: StepCost, fingerprint: dict, settings: dict, sample_
 
     forward = cost.forward_seconds_per_sample or cost.seconds_per_sample / 3
     dense, head, samples = get_task(fingerprint["task"]).dense, cost.head_seconds_per_sample, settings.get("mc_samples", 20)
-    # a classifier's head is one linear layer: nothing where it was not measured
-    sampling = samples * forward if head is None and dense else forward + samples * (head or 0.0)
+    sampling = samples * forward if head is None and dense else forward + samples * (head or 0.0)  # unmeasured: a classifier's linear head, 0
     per_window = forward + (sampling if settings.get("uncertainty", True) else 0.0)
     if not dense:
         return n_test_images(fingerprint, settings) * per_window

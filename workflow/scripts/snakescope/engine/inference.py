@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from snakescope.engine.networks import TemperatureScaled, enable_mc_dropout
+from snakescope.engine.networks import TemperatureScaled, enable_mc_dropout, sampling_split
 
 WINDOW_OVERLAP = 0.25  # of the sliding window's patches, along each axis
 
@@ -64,7 +64,7 @@ def sample_dropout(
     activation = activation or (lambda output: output)
     n = images.shape[0]
     network, temperature = (model.network, model.temperature) if isinstance(model, TemperatureScaled) else (model, 1.0)
-    split = network.sampling_split() if hasattr(network, "sampling_split") else None
+    split = sampling_split(network)
     enable_mc_dropout(model)
     try:
         if split is not None:

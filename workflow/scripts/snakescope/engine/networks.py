@@ -402,6 +402,11 @@ def dropout_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Dropout | nn.Dropout2d | nn.Dropout3d)]
 
 
+def sampling_split(model: nn.Module):
+    """(trunk, head) when MC dropout need sample only `model`'s head (its `sampling_split()`), else None."""
+    return model.sampling_split() if hasattr(model, "sampling_split") else None
+
+
 def enable_mc_dropout(model: nn.Module) -> int:
     """Put `model` in eval mode with only its dropout layers sampling; returns how many there are."""
     model.eval()
