@@ -204,8 +204,9 @@ def _segresnet_class():
         """MONAI's SegResNet (Myronenko, BrainLes 2018, without the VAE branch) with its one dropout layer
         moved from after the first convolution to the input of the last decoder stage (full resolution,
         encoder skip added). MC dropout then runs the trunk once and samples only that stage and the final
-        convolution, 14 % of the network's time on 128² patches (bench/mc_head_share.py): 20 samples
-        cost about 4 passes instead of 20. The weights are SegResNet's, names included.
+        convolution, 14-23 % of the network's time on 128² patches (bench/mc_head_share.py): 20 samples
+        cost about 4 passes instead of 20 (bench/budget_estimates.py). The weights are SegResNet's, names
+        included.
         """
 
         def __init__(self, dropout_prob: float, **kwargs):
